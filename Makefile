@@ -1,0 +1,46 @@
+# The two commands of the README:  `make demo`  and  `make test`.
+# Each makes its own virtualenv, installs the package and makes sure redis-server exists.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench bench-quick wheel wheel-test annotate clean
+
+demo:
+	@sh scripts/ensure-redis.sh
+	@sh scripts/ensure-venv.sh $(VENV) test
+	$(PY) -m cal_redis demo
+
+test:
+	@sh scripts/ensure-redis.sh
+	@sh scripts/ensure-venv.sh $(VENV) test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint:
+	@sh scripts/ensure-venv.sh $(VENV) lint
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy --strict src/cal_redis
+
+# Wheel check: build a wheel, show its manylinux tag and compiled module, then run the
+# suite against that wheel installed in a fresh virtualenv.
+wheel:
+	@sh scripts/ensure-venv.sh $(VENV) dev
+	rm -rf dist wheelhouse
+	$(PY) -m build --wheel
+	$(VENV)/bin/auditwheel repair -w wheelhouse dist/*.whl
+	$(VENV)/bin/auditwheel show wheelhouse/*.whl
+	unzip -l wheelhouse/*.whl | grep '_lru_c'
+
+wheel-test: wheel
+	rm -rf .venv-wheel
+	python3 -m venv .venv-wheel
+	.venv-wheel/bin/pip install -q "$$(ls wheelhouse/*.whl)[test]"
+	.venv-wheel/bin/python -m pytest -q
+
+annotate:
+	@sh scripts/ensure-venv.sh $(VENV) dev
+	$(VENV)/bin/cython -a -3 src/cal_redis/_fast/_lru_c.pyx
+	@echo "open src/cal_redis/_fast/_lru_c.html"
+
+clean:
+	rm -rf build dist wheelhouse .venv .venv-pure .venv-wheel src/*.egg-info src/cal_redis/_fast/*.so src/cal_redis/_fast/_lru_c.c src/cal_redis/_fast/*.html

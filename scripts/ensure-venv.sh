@@ -1,0 +1,28 @@
+#!/usr/bin/env sh
+# Create the virtualenv $1 with a Python >= 3.10 and install the project with extras $2.
+set -eu
+venv="$1"
+extras="$2"
+python="${PYTHON:-python3}"
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    echo "cal-redis needs Python 3.10+ (found: $("$python" --version 2>&1)); set PYTHON=..." >&2
+    exit 1
+fi
+if [ ! -x "$venv/bin/python" ]; then
+    if ! "$python" -m venv "$venv" 2>/dev/null; then
+        if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+            echo "python venv module missing: installing python3-venv with apt-get" >&2
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            rm -rf "$venv"
+            "$python" -m venv "$venv"
+        else
+            echo "cannot create a virtualenv: install python3-venv (Debian: apt-get install -y python3-venv)" >&2
+            exit 1
+        fi
+    fi
+    "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+# A fresh, non-editable install each time: what runs is what a wheel would hold.
+"$venv/bin/python" -m pip install -q --force-reinstall --no-deps ".[${extras}]"
+"$venv/bin/python" -m pip install -q ".[${extras}]"

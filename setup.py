@@ -1,0 +1,67 @@
+"""Extension list only; all metadata lives in pyproject.toml.
+
+``CAL_REDIS_NO_EXTENSIONS=1`` builds no extension (pure-Python install). When the
+compiler or Cython is missing, the build warns and falls back to pure Python
+rather than failing, so an sdist installs anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
+
+
+class OptionalBuildExt(build_ext):
+    """Build extensions, but degrade to pure Python with a warning on failure."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as err:  # noqa: BLE001 - any toolchain failure
+            self._warn(err)
+
+    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as err:  # noqa: BLE001
+            self._warn(err)
+
+    @staticmethod
+    def _warn(err: BaseException) -> None:
+        print(
+            f"WARNING: cal-redis C extension could not be built ({err!r}); "
+            "installing the pure-Python fallback.",
+            file=sys.stderr,
+        )
+
+
+def extensions() -> list:  # type: ignore[type-arg]
+    if NO_EXTENSIONS:
+        print("CAL_REDIS_NO_EXTENSIONS is set: building no extension.", file=sys.stderr)
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("WARNING: Cython is not available; installing pure Python.", file=sys.stderr)
+        return []
+    from setuptools import Extension
+
+    exts = [Extension("cal_redis._fast._lru_c", ["src/cal_redis/_fast/_lru_c.pyx"])]
+    return cythonize(
+        exts,
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "initializedcheck": False,
+        },
+        annotate=os.environ.get("CAL_REDIS_ANNOTATE", "") not in ("", "0"),
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,82 @@
+"""cal-redis: typed async access to the Callable platform's shared data.
+
+An in-process L1 (Cython LRU, byte-bounded, TTL per namespace) over Redis/Valkey
+(L2), kept in sync across instances by pub/sub. Start with :class:`CallableCache`.
+"""
+
+from __future__ import annotations
+
+from ._fast import EXTENSION_ACTIVE
+from .cache import CallableCache
+from .config import CacheConfig, NamespaceBudget
+from .embedded import EmbeddedRedis, EmbeddedRedisError
+from .errors import (
+    CalRedisError,
+    ConfigurationError,
+    ConnectionError,
+    NotFoundError,
+    RedisError,
+    SerializationError,
+    TimeoutError,
+    ValidationError,
+)
+from .keys import KeyBuilder
+from .models import (
+    Account,
+    Address,
+    AgentState,
+    AgentStatus,
+    Asset,
+    Conversation,
+    Ddi,
+    Device,
+    Event,
+    FlowState,
+    Hook,
+    Proxy,
+    QueueMeta,
+    Region,
+    SessionData,
+    Trunk,
+    User,
+    WsConnection,
+)
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "EXTENSION_ACTIVE",
+    "Account",
+    "Address",
+    "AgentState",
+    "AgentStatus",
+    "Asset",
+    "CacheConfig",
+    "CalRedisError",
+    "CallableCache",
+    "ConfigurationError",
+    "ConnectionError",
+    "Conversation",
+    "Ddi",
+    "Device",
+    "EmbeddedRedis",
+    "EmbeddedRedisError",
+    "Event",
+    "FlowState",
+    "Hook",
+    "KeyBuilder",
+    "NamespaceBudget",
+    "NotFoundError",
+    "Proxy",
+    "QueueMeta",
+    "RedisError",
+    "Region",
+    "SerializationError",
+    "SessionData",
+    "TimeoutError",
+    "Trunk",
+    "User",
+    "ValidationError",
+    "WsConnection",
+    "__version__",
+)

@@ -1,0 +1,171 @@
+"""``python -m cal_redis``: demo, doctor (and bench, see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from . import __version__
+from ._fast import EXTENSION_ACTIVE
+from .cache import CallableCache
+from .embedded import EmbeddedRedis
+from .errors import CalRedisError
+from .models import Account, Device, Region, User, now_ms
+from .remote import hiredis_available
+
+__all__ = ("main",)
+
+
+def _fmt(seconds: float) -> str:
+    if seconds < 1e-6:
+        return f"{seconds * 1e9:.0f} ns"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e3:.2f} ms"
+
+
+async def _median(op: Callable[[], Awaitable[object]], n: int, inner: int = 1) -> float:
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            await op()
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
+
+
+async def _demo(cache: CallableCache, n_users: int) -> None:
+    ts = now_ms()
+    print(f"cal-redis {__version__} demo — L1: {cache.local.implementation}, "
+          f"hiredis: {hiredis_available()}, Redis at {cache.remote.url}")
+    await cache.set_region(Region(id="eu-west", code="euw", name="Europe West", created_at=ts))
+    await cache.set_account(
+        Account(id="acc42", name="Acme Telecom", domain="acme.example", code="ACME",
+                region_id="eu-west", created_at=ts)
+    )
+    for i in range(n_users):
+        await cache.set_user(
+            User(id=f"u{i}", account_id="acc42", email=f"agent{i}@acme.example",
+                 username=f"agent{i}", name=f"Agent {i}", extension=str(1000 + i),
+                 role="agent", created_at=ts)
+        )
+    await cache.set_device("acc42", Device(id="d1", user_id="u0", sip_username="agent0-desk",
+                                           mac="00:11:22:33:44:55", created_at=ts))
+    print(f"wrote 1 region, 1 account, {n_users} users, 1 device (each: entity + idents + "
+          "event in one MULTI/EXEC)")
+
+    users_l1 = cache.local["users"]
+    users_l1.invalidate_all()
+    t0 = time.perf_counter()
+    user = await cache.get_user_by_id("u1")
+    cold = time.perf_counter() - t0
+    assert user is not None
+    print(f"get_user_by_id('u1') cold (L1 miss → Redis → fill): {_fmt(cold)} -> {user.name}")
+
+    hit = await _median(lambda: cache.get_user_by_id("u1"), 25, 2000)
+
+    async def l2_read() -> object:
+        users_l1.invalidate("u1")
+        return await cache.get_user_by_id("u1")
+
+    l2 = await _median(l2_read, 200)
+    ids = [f"u{i}" for i in range(n_users)]
+
+    async def batch() -> object:
+        users_l1.invalidate_all()
+        return await cache.get_users_batch(ids)
+
+    b = await _median(batch, 30)
+    by_ident = await cache.get_user_by_ident("agent7@acme.example")
+    dev = await cache.get_device_by_ident("acc42", "00:11:22:33:44:55")
+    print()
+    print(f"{'operation':<44}{'median':>12}")
+    print(f"{'L1 hit: await get_user_by_id':<44}{_fmt(hit):>12}")
+    print(f"{'L1 miss, L2 hit: get_user_by_id':<44}{_fmt(l2):>12}")
+    print(f"{f'get_users_batch({n_users}), all from Redis':<44}{_fmt(b):>12}")
+    print(f"{'  per user':<44}{_fmt(b / n_users):>12}")
+    print()
+    print(f"by ident 'agent7@acme.example' -> {by_ident.id if by_ident else None}; "
+          f"device by MAC -> {dev.id if dev else None}")
+    st = cache.stats()
+    u = st["l1"]["users"]
+    print(f"L1 users: {u['entries']} entries, {u['weight']} / {u['max_weight']} bytes, "
+          f"hits {u['hits']}, misses {u['misses']}; L2 round trips {st['l2']['round_trips']}")
+    print("Full comparison against the raw client: `python -m cal_redis bench` "
+          "(docs/benchmarks.md).")
+
+
+async def _run_demo(url: str | None, n_users: int) -> None:
+    if url:
+        async with await CallableCache.connect(url) as cache:
+            await _demo(cache, n_users)
+        return
+    print("starting a private redis-server ...")
+    async with CallableCache.embedded() as cache:
+        await _demo(cache, n_users)
+
+
+async def _doctor(url: str | None) -> int:
+    print(f"cal-redis        {__version__}")
+    print(f"python           {sys.version.split()[0]}")
+    print(f"L1 extension     {'active (Cython)' if EXTENSION_ACTIVE else 'INACTIVE (pure Python)'}")
+    print(f"hiredis parser   {'yes' if hiredis_available() else 'NO (pip install hiredis)'}")
+    try:
+        import redis
+
+        print(f"redis-py         {redis.__version__}")
+    except Exception:  # pragma: no cover
+        pass
+    server: EmbeddedRedis | None = None
+    try:
+        if not url:
+            try:
+                from .config import resolve_url
+
+                url = resolve_url(None)
+            except CalRedisError:
+                server = EmbeddedRedis().start()
+                url = server.url
+                print("redis url        (none configured: started an embedded redis-server)")
+        async with await CallableCache.connect(url) as cache:
+            version = await cache.remote.server_version()
+            print(f"redis server     {version} at {url}")
+    except CalRedisError as err:
+        print(f"redis server     UNREACHABLE: {err}")
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m cal_redis`` / ``cal-redis``."""
+    parser = argparse.ArgumentParser(prog="python -m cal_redis", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="write platform data and read it through L1/L2")
+    p_demo.add_argument("--url", help="use this Redis instead of an embedded one")
+    p_demo.add_argument("--users", type=int, default=100, help="users to write (default 100)")
+    p_doc = sub.add_parser("doctor", help="print versions, extension and server status")
+    p_doc.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST, else embedded)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            asyncio.run(_run_demo(args.url, max(1, args.users)))
+            return 0
+        if args.command == "doctor":
+            return asyncio.run(_doctor(args.url))
+    except CalRedisError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

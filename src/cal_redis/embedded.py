@@ -1,0 +1,263 @@
+"""A private, throw-away ``redis-server`` for development, demos and tests.
+
+``EmbeddedRedis`` starts the binary from ``$CAL_REDIS_SERVER_BIN`` or ``PATH``
+(``redis-server``, else ``valkey-server``) on a free loopback port or a unix socket
+in a temporary directory, with persistence off, waits until it answers PING, and
+stops it on exit, on error and on Ctrl-C (context manager, plus an ``atexit`` hook).
+
+Example::
+
+    with EmbeddedRedis() as server:
+        print(server.url)  # redis://127.0.0.1:40123/0
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import weakref
+from types import TracebackType
+
+from .errors import CalRedisError
+
+__all__ = ("EmbeddedRedis", "EmbeddedRedisError", "find_server_binary")
+
+ENV_BIN = "CAL_REDIS_SERVER_BIN"
+
+INSTALL_HINT = (
+    "install it (Debian/Ubuntu, as root: `apt-get update && apt-get install -y redis-server`; "
+    "Fedora: `dnf install redis`; macOS: `brew install redis`) "
+    f"or point {ENV_BIN} at a redis-server or valkey-server binary"
+)
+
+
+class EmbeddedRedisError(CalRedisError):
+    """The embedded redis-server could not be found, started or reached."""
+
+
+def find_server_binary(binary: str | None = None) -> str:
+    """Path of the server binary to run, or a clear error saying how to install one."""
+    candidate = binary or os.environ.get(ENV_BIN)
+    if candidate:
+        path = shutil.which(candidate)
+        if path is None:
+            raise EmbeddedRedisError(f"redis server binary {candidate!r} not found: {INSTALL_HINT}")
+        return path
+    for name in ("redis-server", "valkey-server"):
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    raise EmbeddedRedisError(f"redis-server is not installed: {INSTALL_HINT}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_log(tmpdir: str) -> str:
+    try:
+        with open(os.path.join(tmpdir, "redis.log"), encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _stop_process(proc: subprocess.Popen[bytes], tmpdir: str) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class EmbeddedRedis:
+    """A private redis-server process; see the module docstring.
+
+    ``port``: a fixed TCP port (default: a free one). ``unix_socket``: listen on a
+    unix socket in the temporary directory instead of TCP. ``extra_args`` are passed
+    to the server (e.g. ``["--maxmemory", "64mb"]``).
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        unix_socket: bool = False,
+        binary: str | None = None,
+        extra_args: list[str] | None = None,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self._binary = binary
+        self._port = port
+        self._unix = unix_socket
+        self._extra = list(extra_args or [])
+        self._startup_timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmpdir: str | None = None
+        self._finalizer: weakref.finalize | None = None
+        self.host = "127.0.0.1"
+        self.port: int = 0
+        self.socket_path: str | None = None
+        self.version: str = ""
+
+    @property
+    def url(self) -> str:
+        """The URL to hand to :meth:`CallableCache.connect` (database 0)."""
+        if self.socket_path is not None:
+            return f"unix://{self.socket_path}?db=0"
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> EmbeddedRedis:
+        """Start the server and wait until it answers PING; return self."""
+        if self.running:
+            return self
+        binary = find_server_binary(self._binary)
+        attempts = 1 if (self._port is not None or self._unix) else 5
+        last_err: EmbeddedRedisError | None = None
+        for _ in range(attempts):
+            try:
+                self._launch(binary)
+                return self
+            except EmbeddedRedisError as err:
+                last_err = err
+                if "in use" not in str(err).lower():
+                    break
+        assert last_err is not None
+        raise last_err
+
+    def _launch(self, binary: str) -> None:
+        tmpdir = tempfile.mkdtemp(prefix="cal-redis-")
+        args = [
+            binary,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", tmpdir,
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", os.path.join(tmpdir, "redis.log"),
+            "--databases", "16",
+        ]
+        if self._unix:
+            path = os.path.join(tmpdir, "redis.sock")
+            args += ["--port", "0", "--unixsocket", path, "--unixsocketperm", "700"]
+            port = 0
+        else:
+            path = None
+            port = self._port if self._port is not None else _free_port()
+            args += ["--port", str(port), "--bind", self.host, "--protected-mode", "yes"]
+        args += self._extra
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + self._startup_timeout
+        while True:
+            if proc.poll() is not None:
+                out = _read_log(tmpdir)
+                shutil.rmtree(tmpdir, ignore_errors=True)
+                where = path or f"{self.host}:{port}"
+                if "in use" in out.lower():
+                    raise EmbeddedRedisError(f"cannot start redis-server on {where}: address already in use")
+                raise EmbeddedRedisError(
+                    f"redis-server exited with code {proc.returncode} on {where}: {out.strip()[-500:]}"
+                )
+            info = self._ping(path, port)
+            if info is not None:
+                if info.get("process_id") != str(proc.pid):
+                    # Another server answered on that address: ours cannot bind it.
+                    _stop_process(proc, tmpdir)
+                    raise EmbeddedRedisError(
+                        f"cannot start redis-server on {self.host}:{port}: address already in use"
+                    )
+                version = info.get("redis_version", "unknown")
+                break
+            if time.monotonic() > deadline:
+                _stop_process(proc, tmpdir)
+                raise EmbeddedRedisError(
+                    f"redis-server did not answer PING within {self._startup_timeout:.0f}s"
+                )
+            time.sleep(0.01)
+        self._proc, self._tmpdir = proc, tmpdir
+        self.port, self.socket_path, self.version = port, path, version
+        self._finalizer = weakref.finalize(self, _stop_process, proc, tmpdir)
+        atexit.register(self._finalizer)
+
+    def _ping(self, path: str | None, port: int) -> dict[str, str] | None:
+        """Raw-RESP PING, then ``INFO server`` as a dict; None while not ready."""
+        try:
+            if path is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                target: str | tuple[str, int] = path
+            else:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                target = (self.host, port)
+            with sock:
+                sock.settimeout(1.0)
+                sock.connect(target)
+                sock.sendall(b"PING\r\n")
+                if not sock.recv(64).startswith(b"+PONG"):
+                    return None
+                sock.sendall(b"INFO server\r\n")
+                data = b""
+                while b"process_id:" not in data or not data.endswith(b"\r\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                info: dict[str, str] = {}
+                for line in data.decode(errors="replace").splitlines():
+                    name, sep, value = line.partition(":")
+                    if sep:
+                        info[name] = value.strip()
+                return info
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        """Stop the server and remove its temporary directory (idempotent)."""
+        if self._finalizer is not None:
+            self._finalizer()
+            atexit.unregister(self._finalizer)
+            self._finalizer = None
+        self._proc = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> EmbeddedRedis:
+        import asyncio
+
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<EmbeddedRedis {self.url if self.running else ''} {state}>"

@@ -1,0 +1,202 @@
+"""Every Redis key and channel name of cal-redis, and the id validation behind them.
+
+This module is the only place that formats a key. The layout is a public contract
+shared with services in other languages (docs/wire-format.md). Each builder
+validates the ids it is given *before* any I/O and raises
+:class:`~cal_redis.errors.ValidationError` naming the argument; an id is never
+escaped or silently changed.
+
+Two styles: plain (``cal:account:acc42:devices``) and cluster, where the account id
+is a hash tag so that one account's keys share a slot (``cal:account:{acc42}:devices``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Final
+
+from .errors import ValidationError
+
+__all__ = (
+    "MAX_ID_BYTES",
+    "MAX_IDENT_BYTES",
+    "KeyBuilder",
+    "validate_id",
+    "validate_ident",
+    "canonical_ip",
+)
+
+MAX_ID_BYTES: Final = 256
+MAX_IDENT_BYTES: Final = 1024
+PREFIX: Final = "cal:"
+
+# Separators, glob characters, hash-tag braces, whitespace and control characters.
+_BAD_ID = re.compile(r"[:*?\[\]{}\s\x00-\x1f\x7f-\x9f]")
+_BAD_IDENT = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def validate_id(value: object, argument: str) -> str:
+    """Return ``value`` if it is a valid id for a key segment, else raise ValidationError.
+
+    Valid: a non-empty ``str`` of at most 256 UTF-8 bytes without ``: * ? [ ] { }``,
+    whitespace or control characters.
+    """
+    if type(value) is not str:
+        raise ValidationError(argument, f"expected str, got {type(value).__name__}")
+    if not value:
+        raise ValidationError(argument, "must not be empty")
+    if len(value) > MAX_ID_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise ValidationError(argument, f"longer than {MAX_ID_BYTES} bytes")
+    bad = _BAD_ID.search(value)
+    if bad is not None:
+        raise ValidationError(argument, f"contains forbidden character {bad.group()!r}")
+    return value
+
+
+def validate_ident(value: object, argument: str) -> str:
+    """Validate an ident stored only as a hash field (email, username, MAC...).
+
+    Idents may hold what a hash field can (``@``, ``:``, spaces), but must be a
+    non-empty ``str`` of at most 1024 UTF-8 bytes without control characters.
+    """
+    if type(value) is not str:
+        raise ValidationError(argument, f"expected str, got {type(value).__name__}")
+    if not value:
+        raise ValidationError(argument, "must not be empty")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_IDENT_BYTES:
+        raise ValidationError(argument, f"longer than {MAX_IDENT_BYTES} bytes")
+    bad = _BAD_IDENT.search(value)
+    if bad is not None:
+        raise ValidationError(argument, f"contains control character {bad.group()!r}")
+    return value
+
+
+def canonical_ip(value: object, argument: str = "trunk_ip") -> str:
+    """Parse an IPv4/IPv6 address and return its canonical text form.
+
+    ``2001:0db8::0001`` becomes ``2001:db8::1``; zone ids (``%eth0``) are refused.
+    """
+    if type(value) is not str:
+        raise ValidationError(argument, f"expected str, got {type(value).__name__}")
+    if "%" in value:
+        raise ValidationError(argument, "zone ids are not allowed in a trunk IP")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValidationError(argument, f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+class KeyBuilder:
+    """Builds every key and channel of the layout, in the plain or the cluster style.
+
+    Example::
+
+        >>> KeyBuilder().devices("acc42")
+        'cal:account:acc42:devices'
+        >>> KeyBuilder(cluster=True).devices("acc42")
+        'cal:account:{acc42}:devices'
+    """
+
+    __slots__ = ("cluster",)
+
+    # Global keys (constants: no id goes into them).
+    REGIONS: Final = "cal:regions"
+    REGION_IDENTS: Final = "cal:region:idents"
+    PROXIES: Final = "cal:proxies"
+    ACCOUNTS: Final = "cal:accounts"
+    ACCOUNT_IDENTS: Final = "cal:account:idents"
+    USERS: Final = "cal:users"
+    USER_IDENTS: Final = "cal:user:idents"
+    WS_CONNECTIONS: Final = "cal:ws:connections"
+    EVENTS: Final = "cal:events"
+
+    def __init__(self, cluster: bool = False) -> None:
+        self.cluster = cluster
+
+    # -- account scope ---------------------------------------------------------------
+    def account(self, account_id: str) -> str:
+        """The prefix shared by every key of one account, ending in ``:``."""
+        validate_id(account_id, "account_id")
+        if self.cluster:
+            return f"cal:account:{{{account_id}}}:"
+        return f"cal:account:{account_id}:"
+
+    def account_events_pattern(self) -> str:
+        """PSUBSCRIBE pattern matching every account's event channel."""
+        return "cal:account:*:events"
+
+    def account_id_from_channel(self, channel: str) -> str | None:
+        """The account id of an account event channel, or None if it is not one."""
+        if not (channel.startswith("cal:account:") and channel.endswith(":events")):
+            return None
+        inner = channel[len("cal:account:") : -len(":events")]
+        if self.cluster or (inner.startswith("{") and inner.endswith("}")):
+            inner = inner[1:-1] if inner.startswith("{") and inner.endswith("}") else inner
+        try:
+            return validate_id(inner, "account_id")
+        except ValidationError:
+            return None
+
+    def devices(self, account_id: str) -> str:
+        return self.account(account_id) + "devices"
+
+    def device_idents(self, account_id: str) -> str:
+        return self.account(account_id) + "device:idents"
+
+    def ddis(self, account_id: str) -> str:
+        return self.account(account_id) + "ddis"
+
+    def trunks(self, account_id: str) -> str:
+        return self.account(account_id) + "trunks"
+
+    def hooks(self, account_id: str) -> str:
+        return self.account(account_id) + "hooks"
+
+    def assets(self, account_id: str) -> str:
+        return self.account(account_id) + "assets"
+
+    def addresses(self, account_id: str) -> str:
+        return self.account(account_id) + "addresses"
+
+    def agent_status(self, account_id: str, user_id: str) -> str:
+        return self.account(account_id) + "agent:status:" + validate_id(user_id, "user_id")
+
+    def agents_by_user(self, account_id: str) -> str:
+        return self.account(account_id) + "agents:by_user"
+
+    def agents_registered(self, account_id: str) -> str:
+        return self.account(account_id) + "agents:registered"
+
+    def agents_available(self, account_id: str) -> str:
+        return self.account(account_id) + "agents:available"
+
+    def agents_connected(self, account_id: str) -> str:
+        return self.account(account_id) + "agents:connected"
+
+    def session(self, account_id: str, session_id: str) -> str:
+        return self.account(account_id) + "session:" + validate_id(session_id, "session_id")
+
+    def sessions_active(self, account_id: str) -> str:
+        return self.account(account_id) + "sessions:active"
+
+    def queue(self, account_id: str, queue_name: str) -> str:
+        return self.account(account_id) + "queue:" + validate_id(queue_name, "queue_name")
+
+    def queues_meta(self, account_id: str) -> str:
+        return self.account(account_id) + "queues:meta"
+
+    def conversation(self, account_id: str, conversation_id: str) -> str:
+        cid = validate_id(conversation_id, "conversation_id")
+        return self.account(account_id) + "conversation:" + cid
+
+    def flow_state(self, account_id: str, flow_id: str) -> str:
+        return self.account(account_id) + "flow_state:" + validate_id(flow_id, "flow_id")
+
+    def account_events(self, account_id: str) -> str:
+        return self.account(account_id) + "events"
+
+    # -- global keys with an id ------------------------------------------------------
+    def trunk_ip(self, trunk_ip: str) -> str:
+        """``cal:trunk:{ip}`` with the IP in canonical form (IPv6 keeps its colons)."""
+        return "cal:trunk:" + canonical_ip(trunk_ip)

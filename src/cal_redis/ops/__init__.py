@@ -1,0 +1,1 @@
+"""Domain operations, one module per domain, mixed into :class:`~cal_redis.CallableCache`."""

@@ -1,0 +1,119 @@
+"""L2: the redis.asyncio client, its pool and timeouts, read retries, error mapping.
+
+redis-py's own retry is switched off: it would also retry non-idempotent writes
+(a ``ZPOPMIN`` retried after a lost reply pops twice). Reads go through
+:meth:`Remote.read`, which retries connection errors with exponential backoff;
+writes go through :meth:`Remote.write`, which never retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from . import errors
+from .config import CacheConfig
+
+__all__ = ("Remote", "map_redis_error", "hiredis_available")
+
+log = logging.getLogger("cal_redis.remote")
+T = TypeVar("T")
+
+
+def hiredis_available() -> bool:
+    """True when redis-py parses replies with hiredis (the fast C parser)."""
+    try:
+        from redis.utils import HIREDIS_AVAILABLE
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(HIREDIS_AVAILABLE)
+
+
+def map_redis_error(err: BaseException, what: str) -> errors.CalRedisError:
+    """The cal-redis exception for a redis-py / socket exception (the one mapping)."""
+    if isinstance(err, errors.CalRedisError):
+        return err
+    if isinstance(err, rexc.TimeoutError | asyncio.TimeoutError | TimeoutError):
+        return errors.TimeoutError(f"{what}: Redis timed out: {err}")
+    if isinstance(err, rexc.ConnectionError | OSError):
+        return errors.ConnectionError(f"{what}: cannot reach Redis: {err}")
+    return errors.CalRedisError(f"{what}: Redis error: {err}")
+
+
+_RETRYABLE = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+
+
+class Remote:
+    """One redis.asyncio client (pool) plus counters; see the module docstring."""
+
+    __slots__ = ("client", "url", "config", "round_trips", "errors", "retries")
+
+    def __init__(self, url: str, config: CacheConfig) -> None:
+        self.url = url
+        self.config = config
+        try:
+            self.client: aioredis.Redis = aioredis.Redis.from_url(
+                url,
+                max_connections=config.max_connections,
+                socket_connect_timeout=config.connect_timeout,
+                socket_timeout=config.socket_timeout,
+                protocol=config.protocol,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=False,
+            )
+        except ValueError as err:
+            raise errors.ConfigurationError(f"invalid Redis URL {url!r}: {err}") from err
+        self.round_trips = 0
+        self.errors = 0
+        self.retries = 0
+
+    async def read(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run an idempotent read, retrying connection errors with backoff."""
+        attempt = 0
+        while True:
+            self.round_trips += 1
+            try:
+                return await call()
+            except _RETRYABLE as err:
+                if attempt >= self.config.read_retries:
+                    self.errors += 1
+                    raise map_redis_error(err, what) from err
+                attempt += 1
+                self.retries += 1
+                await asyncio.sleep(self.config.retry_backoff * (2 ** (attempt - 1)))
+            except rexc.RedisError as err:
+                self.errors += 1
+                raise map_redis_error(err, what) from err
+
+    async def write(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a write once; errors are mapped, never retried."""
+        self.round_trips += 1
+        try:
+            return await call()
+        except (rexc.RedisError, OSError) as err:
+            self.errors += 1
+            raise map_redis_error(err, what) from err
+
+    async def ping(self) -> bool:
+        """PING the server (raises a mapped error when unreachable)."""
+        return bool(await self.read("PING", self.client.ping))
+
+    async def server_version(self) -> str:
+        """The ``redis_version`` the server reports."""
+        info: dict[str, Any] = await self.read("INFO", lambda: self.client.info("server"))
+        return str(info.get("redis_version", "unknown"))
+
+    def stats(self) -> dict[str, int]:
+        """Round trips, errors and retries so far."""
+        return {"round_trips": self.round_trips, "errors": self.errors, "retries": self.retries}
+
+    async def close(self) -> None:
+        """Close the client and its pool."""
+        await self.client.aclose()

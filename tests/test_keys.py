@@ -1,0 +1,128 @@
+"""Every key pattern of SPEC in both styles, and the id validation rules."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cal_redis import KeyBuilder, ValidationError
+from cal_redis.keys import canonical_ip, validate_id, validate_ident
+
+PLAIN = KeyBuilder()
+CLUSTER = KeyBuilder(cluster=True)
+
+
+def test_global_keys() -> None:
+    for kb in (PLAIN, CLUSTER):
+        assert kb.REGIONS == "cal:regions"
+        assert kb.REGION_IDENTS == "cal:region:idents"
+        assert kb.PROXIES == "cal:proxies"
+        assert kb.ACCOUNTS == "cal:accounts"
+        assert kb.ACCOUNT_IDENTS == "cal:account:idents"
+        assert kb.USERS == "cal:users"
+        assert kb.USER_IDENTS == "cal:user:idents"
+        assert kb.WS_CONNECTIONS == "cal:ws:connections"
+        assert kb.EVENTS == "cal:events"
+        assert kb.trunk_ip("10.0.0.1") == "cal:trunk:10.0.0.1"
+        assert kb.trunk_ip("2001:0db8:0000::0001") == "cal:trunk:2001:db8::1"
+
+
+ACCOUNT_KEYS = [
+    ("devices", (), "devices"),
+    ("device_idents", (), "device:idents"),
+    ("ddis", (), "ddis"),
+    ("trunks", (), "trunks"),
+    ("hooks", (), "hooks"),
+    ("assets", (), "assets"),
+    ("addresses", (), "addresses"),
+    ("agent_status", ("u7",), "agent:status:u7"),
+    ("agents_by_user", (), "agents:by_user"),
+    ("agents_registered", (), "agents:registered"),
+    ("agents_available", (), "agents:available"),
+    ("agents_connected", (), "agents:connected"),
+    ("session", ("s1",), "session:s1"),
+    ("sessions_active", (), "sessions:active"),
+    ("queue", ("support",), "queue:support"),
+    ("queues_meta", (), "queues:meta"),
+    ("conversation", ("c9",), "conversation:c9"),
+    ("flow_state", ("f3",), "flow_state:f3"),
+    ("account_events", (), "events"),
+]
+
+
+@pytest.mark.parametrize(("method", "extra", "suffix"), ACCOUNT_KEYS)
+def test_account_keys_both_styles(method: str, extra: tuple[str, ...], suffix: str) -> None:
+    assert getattr(PLAIN, method)("acc42", *extra) == f"cal:account:acc42:{suffix}"
+    assert getattr(CLUSTER, method)("acc42", *extra) == f"cal:account:{{acc42}}:{suffix}"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "a" * 257, "é" * 129, "a:b", "a*", "a?", "a[", "a]", "a{", "a}", "a b", "a\tb",
+     "a\nb", "a\x00b", "a\x1bb", "a\x7f", "a\u2003b"],
+)
+def test_bad_ids_rejected_naming_the_argument(bad: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        validate_id(bad, "user_id")
+    assert info.value.argument == "user_id"
+    assert "user_id" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [None, 42, b"u1", ["u1"], 1.5])
+def test_non_str_ids_rejected(bad: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        validate_id(bad, "account_id")
+    assert info.value.argument == "account_id"
+
+
+def test_max_length_is_bytes() -> None:
+    assert validate_id("a" * 256, "x") == "a" * 256
+    assert validate_id("é" * 128, "x") == "é" * 128  # 256 bytes
+    with pytest.raises(ValidationError):
+        validate_id("é" * 128 + "a", "x")
+
+
+def test_builders_validate_each_argument() -> None:
+    with pytest.raises(ValidationError) as info:
+        PLAIN.devices("acc:42")
+    assert info.value.argument == "account_id"
+    with pytest.raises(ValidationError) as info:
+        PLAIN.session("acc42", "s*")
+    assert info.value.argument == "session_id"
+    with pytest.raises(ValidationError) as info:
+        CLUSTER.agent_status("acc42", "}")
+    assert info.value.argument == "user_id"
+
+
+def test_idents_may_hold_what_a_hash_field_can() -> None:
+    assert validate_ident("Jane Doe <jane@x.io>", "ident") == "Jane Doe <jane@x.io>"
+    assert validate_ident("00:11:22:33:44:55", "ident")
+    for bad in ("", "a\x00", "x" * 1025, 5):
+        with pytest.raises(ValidationError):
+            validate_ident(bad, "ident")
+
+
+@pytest.mark.parametrize("bad", ["", "10.0.0", "999.1.1.1", "fe80::1%eth0", "host.example", " 10.0.0.1", 7])
+def test_bad_trunk_ips(bad: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        canonical_ip(bad)
+    assert info.value.argument == "trunk_ip"
+
+
+def test_account_id_from_channel() -> None:
+    assert PLAIN.account_id_from_channel("cal:account:acc42:events") == "acc42"
+    assert CLUSTER.account_id_from_channel("cal:account:{acc42}:events") == "acc42"
+    assert PLAIN.account_id_from_channel("cal:events") is None
+    assert PLAIN.account_id_from_channel("cal:account:a:b:events") is None
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_valid_ids_never_contain_separators(s: str) -> None:
+    try:
+        v = validate_id(s, "id")
+    except ValidationError:
+        return
+    assert not any(c in v for c in ":*?[]{}") and not any(c.isspace() for c in v)
+    assert PLAIN.devices(v) == f"cal:account:{v}:devices"
+    assert PLAIN.account_id_from_channel(PLAIN.account_events(v)) == v
