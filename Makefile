@@ -27,7 +27,7 @@ wheel:
 	@sh scripts/ensure-venv.sh $(VENV) dev
 	rm -rf dist wheelhouse
 	$(PY) -m build --wheel
-	$(VENV)/bin/auditwheel repair -w wheelhouse dist/*.whl
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair -w wheelhouse dist/*.whl
 	$(VENV)/bin/auditwheel show wheelhouse/*.whl
 	unzip -l wheelhouse/*.whl | grep '_lru_c'
 

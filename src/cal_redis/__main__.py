@@ -152,6 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--users", type=int, default=100, help="users to write (default 100)")
     p_doc = sub.add_parser("doctor", help="print versions, extension and server status")
     p_doc.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST, else embedded)")
+    p_bench = sub.add_parser(
+        "bench", help="latencies beside the raw client, gated on ratios (docs/benchmarks.md)"
+    )
+    from . import _bench
+
+    _bench.add_arguments(p_bench)
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -159,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "doctor":
             return asyncio.run(_doctor(args.url))
+        if args.command == "bench":
+            return _bench.main(args)
     except CalRedisError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

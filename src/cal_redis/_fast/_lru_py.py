@@ -229,12 +229,16 @@ class LRUCache:
 
     # ------------------------------------------------------------------ internals
 
-    def _purge(self, now: float) -> int:
+    def _purge(self, now: float, grave: list[Any]) -> int:
+        # Removed entries go to ``grave`` so that their values are only freed (which
+        # may run arbitrary code, such as a finalizer using this cache) once the
+        # caller has restored every invariant.
         heap = self._heap
         m = self._map
         n = 0
         while heap and heap[0][0] <= now:
             item = heappop(heap)
+            grave.append(item)
             key = item[2]
             entry = item[3]
             if m.get(key) is entry:
@@ -270,8 +274,9 @@ class LRUCache:
         now = float(self._clock())
         m = self._map
         old = m.get(key)
+        grave: list[Any] = []
         heap = self._heap
-        if heap and heap[0][0] <= now and self._purge(now):
+        if heap and heap[0][0] <= now and self._purge(now, grave):
             old = m.get(key)
         if self._bump(key):
             old = m.get(key)
@@ -287,8 +292,9 @@ class LRUCache:
             self._weight -= old[1]
         limit = self._max_weight - w
         while self._weight > limit:
-            evicted = m.popitem(last=False)[1]
-            self._weight -= evicted[1]
+            evicted = m.popitem(last=False)
+            grave.append(evicted)
+            self._weight -= evicted[1][1]
             self._evictions += 1
         entry = (value, w, exp)
         m[key] = entry
@@ -399,7 +405,8 @@ class LRUCache:
 
     def purge_expired(self) -> int:
         """Remove every expired entry now; return how many were removed (``expirations``)."""
-        return self._purge(float(self._clock()))
+        grave: list[Any] = []
+        return self._purge(float(self._clock()), grave)
 
     def invalidate(self, key: Hashable) -> bool:
         """Remove ``key``; return True if an entry was removed (counted in ``invalidations``).
