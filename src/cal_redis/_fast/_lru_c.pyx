@@ -65,7 +65,6 @@ cdef extern from *:
     void calr_incref "Py_INCREF"(PyObject* o) noexcept
     void calr_decref "Py_DECREF"(PyObject* o) noexcept
     const Py_ssize_t CALR_SSIZE_MAX "PY_SSIZE_T_MAX"
-    const long long CALR_LLONG_MAX "LLONG_MAX"
 
 cdef object _MISSING = object()
 
@@ -427,6 +426,7 @@ cdef class LRUCache:
         """Return the live value for ``key`` (bumping it to most recent), else ``default``."""
         cdef PyObject* grave = NULL
         cdef PyObject* p = PyDict_GetItemWithError(self._map, key)
+        cdef _Entry held
         cdef double now
         if p is NULL:
             self.misses += 1
@@ -435,8 +435,13 @@ cdef class LRUCache:
             if self._c_clock:
                 now = calr_monotonic()
             else:
-                # The user clock may run Python code: hold a reference across it.
-                return self._lookup_live(key, default, True)
+                # A user clock runs Python code: hold a reference across the call and
+                # make sure the entry was not removed meanwhile.
+                held = <_Entry>p
+                now = self._clock()
+                if held.weight < 0:
+                    self.misses += 1
+                    return default
             if now >= (<_Entry>p).expires_at:
                 self._detach(p, &grave)
                 self.expirations += 1

@@ -76,7 +76,7 @@ def _parse_token(token: object) -> int:
     if not isinstance(token, int):
         raise TypeError(f"token must be an int, not {type(token).__name__}")
     if not _LLONG_MIN <= token <= _LLONG_MAX:
-        raise OverflowError("Python int too large to convert to C long long")
+        raise OverflowError("Python int too large to convert to C long")
     return int(token)
 
 
@@ -338,17 +338,19 @@ class LRUCache:
         Raises:
             TypeError: ``key`` is unhashable.
         """
-        entry = self._map.get(key)
+        m = self._map
+        entry = m.get(key)
         if entry is None:
             self._misses += 1
             return default
-        if entry[2] != _INF and float(self._clock()) >= entry[2]:
-            del self._map[key]
+        expires_at = entry[2]
+        if expires_at != _INF and float(self._clock()) >= expires_at:
+            del m[key]
             self._weight -= entry[1]
             self._expirations += 1
             self._misses += 1
             return default
-        self._map.move_to_end(key)
+        m.move_to_end(key)
         self._hits += 1
         return entry[0]
 
@@ -399,7 +401,7 @@ class LRUCache:
                 unhashable.
             ValueError: ``weight`` < 0, or ``ttl`` <= 0 or NaN.
         """
-        w = _parse_weight(weight)
+        w = weight if type(weight) is int and weight >= 0 else _parse_weight(weight)
         t = self._default_ttl if ttl is None else _parse_ttl(ttl, "ttl")
         return self._store(key, value, w, t)
 

@@ -1,0 +1,457 @@
+"""Stateful property test: the compiled cache, its twin and a naive model must agree.
+
+One hypothesis state machine drives every available implementation and an obviously
+correct O(n) reference model with the same random operations, on a shared fake clock, and
+checks after every step that return values, key order (most recent first), counters,
+weights and fence state are identical, and that no cache exceeds its weight budget.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from cal_redis._fast import _lru_py
+
+NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
+MAX_EXAMPLES = 500
+STEPS = 50
+
+try:
+    from cal_redis._fast import _lru_c
+except ImportError as err:  # pragma: no cover - depends on the build
+    _lru_c = None
+    _IMPORT_ERROR: ImportError | None = err
+else:
+    _IMPORT_ERROR = None
+
+
+def _compiled_cls() -> Any:
+    if _lru_c is None:
+        if NO_EXTENSIONS:
+            pytest.skip("CAL_REDIS_NO_EXTENSIONS is set and the compiled module is absent")
+        pytest.fail(f"compiled module cal_redis._fast._lru_c does not import: {_IMPORT_ERROR!r}")
+    return _lru_c.LRUCache
+
+
+@pytest.fixture(params=["c", "py"])
+def lru_cls(request: pytest.FixtureRequest) -> Any:
+    """The compiled LRUCache (id ``c``) and its pure-Python twin (id ``py``)."""
+    if request.param == "c":
+        return _compiled_cls()
+    return _lru_py.LRUCache
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+COUNTERS = (
+    "hits",
+    "misses",
+    "inserts",
+    "evictions",
+    "expirations",
+    "invalidations",
+    "rejections",
+    "stale_fills",
+)
+
+
+class Model:
+    """Reference semantics, written for obviousness rather than speed.
+
+    ``items`` is a list of ``[key, value, weight, expires_at]``, most recent first.
+    """
+
+    def __init__(
+        self,
+        max_weight: int,
+        default_ttl: float | None,
+        *,
+        clock: Callable[[], float],
+        max_fence: int,
+    ) -> None:
+        self.max_weight = max_weight
+        self.default_ttl = math.inf if default_ttl is None else float(default_ttl)
+        self.clock = clock
+        self.max_fence = max_fence
+        self.items: list[list[Any]] = []
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.gen = 0
+        self.floor = 0
+        self.inflight = 0
+        self.fence: dict[Hashable, int] = {}
+
+    # helpers
+    def _index(self, key: Hashable) -> int | None:
+        for i, item in enumerate(self.items):
+            if item[0] == key:
+                return i
+        return None
+
+    def _fence_key(self, key: Hashable) -> None:
+        self.gen += 1
+        if self.inflight > 0:
+            self.fence[key] = self.gen
+            if len(self.fence) > self.max_fence:
+                self.fence.clear()
+                self.floor = self.gen
+
+    def _fence_everything(self) -> None:
+        self.gen += 1
+        self.floor = self.gen
+        self.fence.clear()
+
+    @property
+    def weight(self) -> int:
+        return sum(item[2] for item in self.items)
+
+    # reads
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        i = self._index(key)
+        if i is None:
+            self.counts["misses"] += 1
+            return default
+        if self.clock() >= self.items[i][3]:
+            del self.items[i]
+            self.counts["expirations"] += 1
+            self.counts["misses"] += 1
+            return default
+        item = self.items.pop(i)
+        self.items.insert(0, item)
+        self.counts["hits"] += 1
+        return item[1]
+
+    def peek(self, key: Hashable, default: Any = None) -> Any:
+        i = self._index(key)
+        if i is None:
+            return default
+        if self.clock() >= self.items[i][3]:
+            del self.items[i]
+            self.counts["expirations"] += 1
+            return default
+        return self.items[i][1]
+
+    def __contains__(self, key: Hashable) -> bool:
+        marker = object()
+        return self.peek(key, marker) is not marker
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def keys(self) -> list[Hashable]:
+        return [item[0] for item in self.items]
+
+    # writes
+    def purge_expired(self) -> int:
+        now = self.clock()
+        live = [item for item in self.items if now < item[3]]
+        n = len(self.items) - len(live)
+        self.items = live
+        self.counts["expirations"] += n
+        return n
+
+    def set(self, key: Hashable, value: Any, weight: int, ttl: float | None = None) -> bool:
+        ttl = self.default_ttl if ttl is None else ttl
+        now = self.clock()
+        self.purge_expired()
+        self._fence_key(key)
+        i = self._index(key)
+        if i is not None:
+            del self.items[i]
+        if weight > self.max_weight:
+            self.counts["rejections"] += 1
+            return False
+        while self.weight + weight > self.max_weight:
+            self.items.pop()
+            self.counts["evictions"] += 1
+        self.items.insert(0, [key, value, weight, now + ttl])
+        self.counts["inserts"] += 1
+        return True
+
+    def invalidate(self, key: Hashable) -> bool:
+        self._fence_key(key)
+        i = self._index(key)
+        if i is None:
+            return False
+        del self.items[i]
+        self.counts["invalidations"] += 1
+        return True
+
+    def invalidate_all(self) -> int:
+        n = len(self.items)
+        self.items = []
+        self.counts["invalidations"] += n
+        self._fence_everything()
+        return n
+
+    def invalidate_where(self, predicate: Callable[[Hashable], object]) -> int:
+        n = 0
+        for key in self.keys():
+            if predicate(key):
+                i = self._index(key)
+                if i is not None:
+                    del self.items[i]
+                    self.counts["invalidations"] += 1
+                    n += 1
+        self._fence_everything()
+        return n
+
+    def invalidate_prefix(self, prefix: str) -> int:
+        def match(key: Hashable) -> bool:
+            if isinstance(key, str):
+                return key.startswith(prefix)
+            return (
+                isinstance(key, tuple)
+                and len(key) > 0
+                and isinstance(key[0], str)
+                and key[0].startswith(prefix)
+            )
+
+        return self.invalidate_where(match)
+
+    # fills
+    def begin_fill(self) -> int:
+        self.inflight += 1
+        return self.gen
+
+    def end_fill(self) -> None:
+        self.inflight = max(0, self.inflight - 1)
+        if self.inflight == 0:
+            self.fence.clear()
+
+    def set_if_fresh(
+        self, key: Hashable, value: Any, weight: int, token: int, ttl: float | None = None
+    ) -> bool:
+        if token < self.floor or self.fence.get(key, -1) > token:
+            self.counts["stale_fills"] += 1
+            return False
+        return self.set(key, value, weight, ttl)
+
+    @property
+    def fence_size(self) -> int:
+        return len(self.fence)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            **self.counts,
+            "entries": len(self.items),
+            "weight": self.weight,
+            "max_weight": self.max_weight,
+        }
+
+    def reset_stats(self) -> None:
+        self.counts = dict.fromkeys(COUNTERS, 0)
+
+
+KEYS: list[Hashable] = ["a", "ab", "b", "ba", "c", ("a", 1), ("b", 2), ("ab",), 7, ()]
+PREFIXES = ["", "a", "ab", "b", "c", "x"]
+TTLS = [None, 0.25, 0.5, 1.0, 2.5, 4.0, math.inf]
+keys = st.sampled_from(KEYS)
+weights = st.one_of(st.integers(0, 5), st.integers(10, 20))
+ttls = st.sampled_from(TTLS)
+values = st.integers(0, 1000)
+
+
+def _predicates(name: str, cache: Any) -> Callable[[Hashable], object]:
+    if name == "tuples":
+        return lambda k: isinstance(k, tuple)
+    if name == "ends_with_a":
+        return lambda k: str(k).endswith("a")
+
+    def mutating(k: Hashable) -> bool:  # mutates the cache it is invalidating
+        if k == "b":
+            cache.invalidate("a")
+            cache.set("c", "from-predicate", 1)
+        return k in ("ab", "c")
+
+    return mutating
+
+
+class CacheMachine(RuleBasedStateMachine):
+    examples = 0
+    implementations: tuple[Any, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.caches: list[Any] = []
+        self.model: Model | None = None
+        self.tokens: list[int] = []
+
+    @initialize(
+        max_weight=st.integers(0, 12),
+        default_ttl=st.sampled_from([None, 1.0, 3.0, math.inf]),
+        max_fence=st.integers(0, 4),
+    )
+    def create(self, max_weight: int, default_ttl: float | None, max_fence: int) -> None:
+        type(self).examples += 1
+        kwargs = {"clock": self.clock, "max_fence": max_fence}
+        self.caches = [cls(max_weight, default_ttl, **kwargs) for cls in self.implementations]
+        self.model = Model(max_weight, default_ttl, **kwargs)
+
+    def apply(self, op: Callable[[Any], Any]) -> Any:
+        assert self.model is not None
+        expected = op(self.model)
+        for cache in self.caches:
+            got = op(cache)
+            assert got == expected, (type(cache).__module__, got, expected)
+            assert type(got) is type(expected)
+        return expected
+
+    @rule(key=keys, value=values, weight=weights, ttl=ttls)
+    def set(self, key: Hashable, value: int, weight: int, ttl: float | None) -> None:
+        self.apply(lambda c: c.set(key, value, weight, ttl))
+
+    @rule(key=keys, value=values, weight=weights)
+    def set_default_ttl(self, key: Hashable, value: int, weight: int) -> None:
+        self.apply(lambda c: c.set(key, value, weight))
+
+    @rule(key=keys)
+    def get(self, key: Hashable) -> None:
+        self.apply(lambda c: c.get(key, "missing"))
+
+    @rule(key=keys)
+    def peek(self, key: Hashable) -> None:
+        self.apply(lambda c: c.peek(key))
+
+    @rule(key=keys)
+    def contains(self, key: Hashable) -> None:
+        self.apply(lambda c: key in c)
+
+    @rule(key=keys)
+    def invalidate(self, key: Hashable) -> None:
+        self.apply(lambda c: c.invalidate(key))
+
+    @rule()
+    def invalidate_all(self) -> None:
+        self.apply(lambda c: c.invalidate_all())
+
+    @rule(prefix=st.sampled_from(PREFIXES))
+    def invalidate_prefix(self, prefix: str) -> None:
+        self.apply(lambda c: c.invalidate_prefix(prefix))
+
+    @rule(name=st.sampled_from(["tuples", "ends_with_a", "mutating"]))
+    def invalidate_where(self, name: str) -> None:
+        self.apply(lambda c: c.invalidate_where(_predicates(name, c)))
+
+    @rule(dt=st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0, 4.0]))
+    def advance(self, dt: float) -> None:
+        self.clock.t += dt
+
+    @rule()
+    def purge_expired(self) -> None:
+        self.apply(lambda c: c.purge_expired())
+
+    @rule()
+    def begin_fill(self) -> None:
+        self.tokens.append(self.apply(lambda c: c.begin_fill()))
+
+    @precondition(lambda self: bool(self.tokens))
+    @rule(key=keys, value=values, weight=weights, ttl=ttls, pick=st.integers(0, 100))
+    def set_if_fresh(
+        self, key: Hashable, value: int, weight: int, ttl: float | None, pick: int
+    ) -> None:
+        token = self.tokens[pick % len(self.tokens)]  # possibly an ended fill's token
+        self.apply(lambda c: c.set_if_fresh(key, value, weight, token, ttl))
+
+    @rule()
+    def end_fill(self) -> None:
+        self.apply(lambda c: c.end_fill())
+
+    @rule()
+    def reset_stats(self) -> None:
+        self.apply(lambda c: c.reset_stats())
+
+    @rule(key=keys, weight=st.integers(-3, -1))
+    def bad_weight(self, key: Hashable, weight: int) -> None:
+        for cache in self.caches:
+            with pytest.raises(ValueError):
+                cache.set(key, 0, weight)
+
+    @invariant()
+    def agree(self) -> None:
+        if self.model is None:
+            return
+        model = self.model
+        expected = (model.keys(), model.stats(), len(model), model.inflight, model.fence_size)
+        for cache in self.caches:
+            got = (cache.keys(), cache.stats(), len(cache), cache.inflight, cache.fence_size)
+            assert got == expected, type(cache).__module__
+            assert cache.weight == model.weight
+            assert cache.weight <= cache.max_weight
+
+
+def implementations() -> tuple[Any, ...]:
+    if _lru_c is None:
+        if not NO_EXTENSIONS:
+            pytest.fail(
+                f"compiled module cal_redis._fast._lru_c does not import: {_IMPORT_ERROR!r}"
+            )
+        return (_lru_py.LRUCache,)
+    return (_lru_c.LRUCache, _lru_py.LRUCache)
+
+
+def test_state_machine() -> None:
+    CacheMachine.implementations = implementations()
+    CacheMachine.examples = 0
+    run_state_machine_as_test(
+        CacheMachine,
+        settings=settings(
+            max_examples=MAX_EXAMPLES,
+            stateful_step_count=STEPS,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+    assert CacheMachine.examples >= MAX_EXAMPLES
+
+
+def test_model_replay(lru_cls: Any) -> None:
+    """A fixed scenario through each implementation and the model (sanity of the harness)."""
+    clock = FakeClock()
+    cache = lru_cls(6, 2.0, clock=clock, max_fence=1)
+    model = Model(6, 2.0, clock=clock, max_fence=1)
+
+    def both(op: Callable[[Any], Any]) -> None:
+        assert op(cache) == op(model)
+        assert cache.keys() == model.keys()
+        assert cache.stats() == model.stats()
+
+    both(lambda c: c.set("a", 1, 2))
+    both(lambda c: c.set(("a", 1), 2, 3, 0.5))
+    both(lambda c: c.get("a"))
+    both(lambda c: c.begin_fill())
+    both(lambda c: c.invalidate("zz"))
+    clock.t += 0.5
+    both(lambda c: c.set("b", 3, 4))
+    both(lambda c: c.set_if_fresh("zz", 4, 1, 0))
+    both(lambda c: c.get(("a", 1)))
+    both(lambda c: c.invalidate_prefix("a"))
+    both(lambda c: c.end_fill())
+    clock.t += 2
+    both(lambda c: "b" in c)
+    both(lambda c: c.set("big", 0, 7))
+    assert model.stats()["expirations"] == 2  # ("a", 1) purged by a set, then b by `in`
+    assert model.stats()["rejections"] == 1
+    assert model.stats()["stale_fills"] == 1  # the fence overflowed: floor raised
