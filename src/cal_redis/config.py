@@ -66,8 +66,10 @@ class CacheConfig:
 
     #: L1 budgets per namespace (see :data:`DEFAULT_BUDGETS`).
     budgets: dict[str, NamespaceBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
-    #: Fixed bytes added to each L1 entry's weight on top of its JSON length.
-    entry_overhead: int = 64
+    #: Fixed bytes added to each L1 entry's weight on top of its JSON length: the
+    #: compiled LRU's bookkeeping measured 134 B per entry (benchmarks/bench_lru.py),
+    #: rounded up for the key.
+    entry_overhead: int = 160
     #: Write account-scoped keys with a Redis Cluster hash tag (``cal:account:{a}:...``).
     cluster: bool = False
     #: Maximum connections in the redis-py pool.
