@@ -21,6 +21,21 @@ lint:
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy --strict src/cal_redis
 
+# Benchmarks (docs/benchmarks.md). `bench`: the pytest-benchmark suites in benchmarks/;
+# `bench-quick`: the short gated comparison CI runs (exit 1 when a ratio exceeds its gate).
+BENCH_ARGS ?=
+bench:
+	@sh scripts/ensure-redis.sh
+	@sh scripts/ensure-venv.sh $(VENV) bench
+	$(PY) -m pytest benchmarks -p no:cacheprovider --benchmark-only \
+		--benchmark-group-by=group --benchmark-sort=name \
+		--benchmark-columns=min,median,iqr,mean,rounds $(BENCH_ARGS)
+
+bench-quick:
+	@sh scripts/ensure-redis.sh
+	@sh scripts/ensure-venv.sh $(VENV) test
+	$(PY) -m cal_redis bench --quick
+
 # Wheel check: build a wheel, show its manylinux tag and compiled module, then run the
 # suite against that wheel installed in a fresh virtualenv.
 wheel:

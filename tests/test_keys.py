@@ -48,6 +48,7 @@ ACCOUNT_KEYS = [
     ("conversation", ("c9",), "conversation:c9"),
     ("flow_state", ("f3",), "flow_state:f3"),
     ("account_events", (), "events"),
+    ("ws_connections", (), "ws:connections"),
 ]
 
 

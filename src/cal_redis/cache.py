@@ -15,15 +15,26 @@ from .config import CacheConfig, configure_logging, resolve_url
 from .keys import KeyBuilder
 from .local import LocalTier
 from .ops._engine import Entities
+from .ops.account_data import AccountDataOps
+from .ops.agents import AgentOps
 from .ops.cache_first import ACCOUNT, DEVICE, PROXY, REGION, USER, CacheFirstOps
+from .ops.conversations import ConversationOps
+from .ops.flow_states import FlowStateOps
+from .ops.queues import QueueOps
+from .ops.sessions import SessionOps
+from .ops.ws import WsOps
 from .remote import Remote
+from .sync import Subscriber, SyncOps
 
 __all__ = ("CallableCache",)
 
 log = logging.getLogger("cal_redis")
 
 
-class CallableCache(CacheFirstOps):
+class CallableCache(
+    SyncOps, CacheFirstOps, SessionOps, AgentOps, QueueOps, ConversationOps, WsOps, FlowStateOps,
+    AccountDataOps,
+):
     """Typed async access to the platform's shared data over L1 (in-process) and L2 (Redis).
 
     Create it with :meth:`connect` (or :meth:`embedded` for a private server) and
@@ -56,6 +67,7 @@ class CallableCache(CacheFirstOps):
             e.spec.kind: e
             for e in (self._regions, self._proxies, self._accounts, self._users, self._devices)
         }
+        self._sync = Subscriber(self)
         self._closed = False
 
     @classmethod
@@ -71,7 +83,12 @@ class CallableCache(CacheFirstOps):
         self = cls(remote, config)
         try:
             await remote.ping()
+            if config.sync:
+                await self._sync.start(
+                    apply_l1=True, wait=config.connect_timeout + config.socket_timeout
+                )
         except BaseException:
+            await self._sync.stop()
             await remote.close()
             raise
         log.debug("connected to %s (instance %s)", remote.url, self.instance_id)
@@ -101,7 +118,10 @@ class CallableCache(CacheFirstOps):
         if self._closed:
             return
         self._closed = True
-        await self.remote.close()
+        try:
+            await self._sync.stop()
+        finally:
+            await self.remote.close()
 
     @property
     def closed(self) -> bool:
@@ -127,6 +147,7 @@ class CallableCache(CacheFirstOps):
             "l1_implementation": self.local.implementation,
             "l2": self.remote.stats(),
             "single_flight_joins": sum(e.joins for e in self.engines.values()),
+            "sync": self._sync.snapshot().as_dict(),
         }
 
     def __repr__(self) -> str:

@@ -196,6 +196,11 @@ class KeyBuilder:
     def account_events(self, account_id: str) -> str:
         return self.account(account_id) + "events"
 
+    def ws_connections(self, account_id: str) -> str:
+        """Addition (not in the seed): hash connection_id → user_id of the account's
+        websocket connections, the per-account index of ``cal:ws:connections``."""
+        return self.account(account_id) + "ws:connections"
+
     # -- global keys with an id ------------------------------------------------------
     def trunk_ip(self, trunk_ip: str) -> str:
         """``cal:trunk:{ip}`` with the IP in canonical form (IPv6 keeps its colons)."""

@@ -367,6 +367,10 @@ class Entities(Generic[T]):
         sync = self.cache.sync_applies
         if sync:
             self.pending[key] = self.pending.get(key, 0) + 1
+        # Fenced like a fill: if an event (newer than our write: older ones are
+        # "superseded" while pending) or a flush touches the key before we store
+        # our value below, the store is refused and the key invalidated instead.
+        token = l1.begin_fill()
         ok = False
         try:
             for attempt in range(MAX_WATCH_RETRIES):
@@ -406,8 +410,9 @@ class Entities(Generic[T]):
                             account_id=self._event_account(account_id, built),
                             origin=self.cache.instance_id,
                             ts=now_ms(),
-                            data=msgspec.Raw(built[1]) if built else msgspec.Raw(b""),
                         )
+                        if built:  # a Delete carries no data (an empty Raw is not omitted)
+                            event = msgspec.structs.replace(event, data=msgspec.Raw(built[1]))
                         pipe.publish(channel, codec.encode(event))
                         await pipe.execute()
                         break
@@ -425,22 +430,25 @@ class Entities(Generic[T]):
             raise map_redis_error(err, f"write {spec.kind} {id_!r}") from err
         finally:
             if not ok:
+                l1.end_fill()
                 # Outcome unknown or failed: L1 must not hold what Redis may not have.
                 if sync:
                     self._unpend(key)
                 l1.invalidate(key)
         # Own L1: our write is the newest for this key until our echo comes back.
-        for ident in old_idents - new_idents:
-            l1.invalidate(self._ident_l1_key(account_id, ident))
-        if built is None:
-            l1.invalidate(key)
-            return None
-        value, raw = built
-        if self.cache.fill_ok:
-            l1.set(key, value, len(raw) + self.cache.local.overhead)
-        else:
-            l1.invalidate(key)
-        return value
+        try:
+            for ident in old_idents - new_idents:
+                l1.invalidate(self._ident_l1_key(account_id, ident))
+            if built is None:
+                l1.invalidate(key)
+                return None
+            value, raw = built
+            weight = len(raw) + self.cache.local.overhead
+            if not (self.cache.fill_ok and l1.set_if_fresh(key, value, weight, token)):
+                l1.invalidate(key)
+            return value
+        finally:
+            l1.end_fill()
 
     def _unpend(self, key: Hashable) -> None:
         count = self.pending.get(key, 0) - 1

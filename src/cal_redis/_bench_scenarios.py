@@ -1,0 +1,401 @@
+"""Scenarios of ``python -m cal_redis bench``: our operation beside the raw client.
+
+Each scenario owns a few *sides* (ours, the baseline, sometimes a third) sharing the
+same data, client and event loop. A side is ``async (n) -> list[float]``: it runs ``n``
+samples and returns seconds per operation for each. Work done to set a sample up
+(invalidating L1 before an L2 read, flushing it before a batch) happens outside the
+timed region, between ``perf_counter`` reads. Nanosecond-scale sides (L1 hits) time a
+block of calls per sample and return the block mean, since a clock read costs about as
+much as the call. The runner (:mod:`cal_redis._bench`) alternates the sides round by
+round (A B, B A, ...) so drift of a noisy machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+
+import msgspec
+from redis.typing import EncodableT, FieldT
+
+from . import codec
+from .cache import CallableCache
+from .config import CacheConfig
+from .models import AgentState, AgentStatus, User, now_ms
+
+__all__ = (
+    "BENCH_CONFIG",
+    "N_USERS",
+    "USER_HASH",
+    "Row",
+    "Scenario",
+    "Side",
+    "make_user",
+    "seed_users",
+    "cache_scenarios",
+    "ops_scenarios",
+)
+
+Side = Callable[[int], Awaitable[list[float]]]
+
+#: Users in Redis and in the hot L1 set (10,000 str keys, as in PEERS.md).
+N_USERS = 10_000
+USER_HASH = "cal:users"
+#: Production defaults except a users TTL longer than any run, so no entry expires
+#: mid-scenario (a finite TTL either way: the hit path reads the clock alike).
+BENCH_CONFIG = CacheConfig().with_budget("users", max_bytes=20 << 20, ttl=3600.0)
+#: L1 hits timed per sample (block mean).
+L1_BLOCK = 1000
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report: side ``ours`` against side ``base`` of a scenario."""
+
+    key: str
+    label: str
+    ours: str
+    base: str
+    base_label: str
+    gate: float  # fail when median(ours) / median(base) exceeds it
+    gate_py: float | None = None  # the gate when L1 is the pure-Python fallback
+    goal: float | None = None  # the issue's target ratio, when it states one
+    seed: tuple[float, float] | None = None  # SPEC's seed figure (s), lo..hi
+    seed_text: str = ""
+
+
+@dataclass
+class Scenario:
+    """Sides measured together (interleaved) and the rows reported from them."""
+
+    name: str
+    sides: dict[str, Side]
+    rows: list[Row]
+    rounds: tuple[int, int]  # (quick, full)
+    per_round: int
+    warmup: int = 1
+    prepare: Callable[[], Awaitable[None]] | None = field(default=None)
+    #: Samples per round of particular sides (default ``per_round``): slow third sides.
+    side_n: dict[str, int] = field(default_factory=dict)
+
+
+def make_user(i: int) -> User:
+    """User ``i``: a ~300 B JSON document with 10 fields."""
+    return User(
+        id=f"u{i:06d}",
+        account_id=f"acc-{i % 97:04d}-emea-production",
+        email=f"firstname.lastname.{i:06d}@customer-{i % 97:04d}.callable.example",
+        username=f"firstname.lastname.{i:06d}",
+        name=f"Firstname Middlename Lastname {i:06d}",
+        extension=f"{100000 + i}",
+        role="contact-centre-agent",
+        enabled=True,
+        created_at=1_764_000_000_000 + i,
+        updated_at=1_764_000_500_000 + i,
+    )
+
+
+async def seed_users(cache: CallableCache, n: int = N_USERS) -> list[str]:
+    """Write ``n`` users straight into ``cal:users`` (pipelined HSET); return their ids."""
+    client = cache.remote.client
+    ids = []
+    for start in range(0, n, 1000):
+        mapping: dict[FieldT, EncodableT] = {}
+        for i in range(start, min(n, start + 1000)):
+            user = make_user(i)
+            mapping[user.id] = codec.encode(user)
+            ids.append(user.id)
+        await client.hset(USER_HASH, mapping=mapping)
+    return ids
+
+
+def _cycle(ids: list[str]) -> Callable[[], str]:
+    state = [0]
+    n = len(ids)
+
+    def nxt() -> str:
+        i = state[0]
+        state[0] = (i + 1) % n
+        return ids[i]
+
+    return nxt
+
+
+def cache_scenarios(cache: CallableCache, ids: list[str]) -> list[Scenario]:
+    """The cache-level scenarios over ``ids`` (already in Redis)."""
+    client = cache.remote.client
+    l1 = cache.local["users"]
+    dec = msgspec.json.Decoder(User).decode
+    shuffled = ids[:]
+    random.Random(7).shuffle(shuffled)
+    users = {u: dec(codec.encode(make_user(int(u[1:])))) for u in ids}
+    plain = dict(users)
+    blocks = [shuffled[i : i + L1_BLOCK] for i in range(0, len(shuffled), L1_BLOCK)]
+    nxt_block = _cycle([str(i) for i in range(len(blocks))])
+
+    async def fill_l1() -> None:
+        l1.invalidate_all()
+        for u in ids:
+            await cache.get_user_by_id(u)
+        assert len(l1) == len(ids), "L1 budget too small for the hot set"
+
+    # -- L1 hit, sync: lru.get vs dict.get ----------------------------------------------
+    def block_sync(get: Callable[[str], object]) -> Side:
+        async def side(n: int) -> list[float]:
+            out = []
+            for _ in range(n):
+                keys = blocks[int(nxt_block())]
+                t0 = perf_counter()
+                for k in keys:
+                    get(k)
+                out.append((perf_counter() - t0) / len(keys))
+            return out
+
+        return side
+
+    # -- L1 hit through the async API ---------------------------------------------------
+    async def bare(k: str) -> User | None:
+        return plain.get(k)
+
+    def block_async(get: Callable[[str], Awaitable[User | None]]) -> Side:
+        async def side(n: int) -> list[float]:
+            out = []
+            for _ in range(n):
+                keys = blocks[int(nxt_block())]
+                t0 = perf_counter()
+                for k in keys:
+                    await get(k)
+                out.append((perf_counter() - t0) / len(keys))
+            return out
+
+        return side
+
+    # -- one read through L2 ------------------------------------------------------------
+    nxt = _cycle(shuffled)
+
+    async def ours_l2(n: int) -> list[float]:
+        out = []
+        get, inv = cache.get_user_by_id, l1.invalidate
+        for _ in range(n):
+            k = nxt()
+            inv(k)  # not timed
+            t0 = perf_counter()
+            await get(k)
+            out.append(perf_counter() - t0)
+        return out
+
+    async def raw_l2(n: int) -> list[float]:
+        out = []
+        hget = client.hget
+        for _ in range(n):
+            k = nxt()
+            t0 = perf_counter()
+            raw = await hget(USER_HASH, k)
+            dec(raw)  # type: ignore[arg-type]
+            out.append(perf_counter() - t0)
+        return out
+
+    cold = _cycle(shuffled)
+
+    async def ours_cold(n: int) -> list[float]:
+        # L1 flushed once per call of this side (not timed); each key is read once.
+        assert n <= len(ids)
+        l1.invalidate_all()
+        out = []
+        get = cache.get_user_by_id
+        for _ in range(n):
+            k = cold()
+            t0 = perf_counter()
+            await get(k)
+            out.append(perf_counter() - t0)
+        return out
+
+    # -- batches ------------------------------------------------------------------------
+    def batch_sides(size: int) -> dict[str, Side]:
+        windows = [shuffled[i : i + size] for i in range(0, len(shuffled) - size + 1, size)]
+        nxt_w = _cycle([str(i) for i in range(len(windows))])
+
+        async def ours(n: int) -> list[float]:
+            out = []
+            for _ in range(n):
+                w = windows[int(nxt_w())]
+                l1.invalidate_all()  # not timed
+                t0 = perf_counter()
+                await cache.get_users_batch(w)
+                out.append(perf_counter() - t0)
+            return out
+
+        async def raw(n: int) -> list[float]:
+            out = []
+            for _ in range(n):
+                w = windows[int(nxt_w())]
+                t0 = perf_counter()
+                raws = await client.hmget(USER_HASH, w)
+                [dec(r) for r in raws]  # type: ignore[arg-type]
+                out.append(perf_counter() - t0)
+            return out
+
+        async def seq(n: int) -> list[float]:
+            out = []
+            get = cache.get_user_by_id
+            for _ in range(n):
+                w = windows[int(nxt_w())]
+                l1.invalidate_all()  # not timed
+                t0 = perf_counter()
+                for k in w:
+                    await get(k)
+                out.append(perf_counter() - t0)
+            return out
+
+        return {"ours": ours, "raw": raw, "seq": seq}
+
+    def batch_rows(size: int, gate: float, seq_gate: float) -> list[Row]:
+        return [
+            Row(f"batch{size}", f"get_users_batch({size}), all L2", "ours", "raw",
+                f"HMGET of {size} + msgspec decode per item", gate, goal=1.05,
+                gate_py=gate + 0.8),
+            Row(f"batch{size}_vs_seq", f"  same vs {size} x get_user_by_id (L2)", "ours", "seq",
+                f"{size} sequential get_user_by_id, all L2", seq_gate),
+        ]
+
+    l2_seed = (1e-3, 5e-3)
+    miss_seed = (2e-3, 10e-3)
+    l1_seed = (1e-6, 1e-6)
+    return [
+        Scenario(
+            "L1 hit, sync LRU",
+            {"ours": block_sync(l1.get), "dict": block_sync(plain.get)},
+            [Row("l1_sync", "L1 hit: lru.get(k)", "ours", "dict",
+                 "dict.get on the same 10,000 str keys", 1.6, gate_py=7.0,
+                 seed=l1_seed, seed_text="~0.001 ms")],
+            rounds=(20, 100), per_round=4, warmup=2, prepare=fill_l1,
+        ),
+        Scenario(
+            "L1 hit, async API",
+            {"ours": block_async(cache.get_user_by_id), "bare": block_async(bare)},
+            [Row("l1_async", "L1 hit: await get_user_by_id", "ours", "bare",
+                 "await f(k) where f returns dict.get(k)", 1.5, goal=2.5, gate_py=4.5,
+                 seed=l1_seed, seed_text="~0.001 ms")],
+            rounds=(20, 100), per_round=4, warmup=2, prepare=fill_l1,
+        ),
+        Scenario(
+            "L1 miss, L2 hit",
+            {"ours": ours_l2, "raw": raw_l2},
+            [Row("l2_hit", "L1 miss, L2 hit: get_user_by_id", "ours", "raw",
+                 "HGET + msgspec typed decode, same client", 1.45, goal=1.05,
+                 seed=l2_seed, seed_text="1-5 ms")],
+            rounds=(50, 300), per_round=50, warmup=1,
+        ),
+        Scenario(
+            "cache miss + fetch + fill",
+            {"ours": ours_cold, "raw": raw_l2},
+            [Row("miss_fill", "miss + fetch + fill (cold key)", "ours", "raw",
+                 "HGET + msgspec typed decode, same client", 1.35,
+                 seed=miss_seed, seed_text="2-10 ms")],
+            rounds=(50, 300), per_round=50, warmup=1,
+        ),
+        Scenario(
+            "get_users_batch(100)", batch_sides(100), batch_rows(100, 2.05, 0.2),
+            rounds=(60, 300), per_round=8, side_n={"seq": 1},
+        ),
+        Scenario(
+            "get_users_batch(1000)", batch_sides(1000), batch_rows(1000, 2.45, 0.2),
+            rounds=(14, 60), per_round=3, side_n={"seq": 1},
+        ),
+    ]
+
+
+def ops_scenarios(cache: CallableCache) -> list[Scenario]:
+    """Direct-Redis operations beside the same Redis commands sent with redis-py by hand."""
+    client = cache.remote.client
+    keys = cache.keys
+    acc, queue = "acc-bench", "support"
+    qkey = keys.queue(acc, queue)
+    items = _cycle([f"call-{i:05d}" for i in range(1000)])
+
+    async def ours_queue(n: int) -> list[float]:
+        out = []
+        add, pop = cache.queue_add, cache.queue_pop
+        for _ in range(n):
+            item = items()
+            t0 = perf_counter()
+            await add(acc, queue, item)
+            await pop(acc, queue)
+            out.append(perf_counter() - t0)
+        return out
+
+    async def raw_queue(n: int) -> list[float]:
+        # Same commands: MULTI ZADD NX + ZSCORE (the add returns the stored score), ZPOPMIN.
+        out = []
+        for _ in range(n):
+            item = items()
+            t0 = perf_counter()
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.zadd(qkey, {item: float(now_ms())}, nx=True)
+                pipe.zscore(qkey, item)
+                await pipe.execute()
+            await client.zpopmin(qkey)
+            out.append(perf_counter() - t0)
+        return out
+
+    states = [AgentState.AVAILABLE, AgentState.BUSY]
+    agents = [
+        AgentStatus(user_id=f"u{i:06d}", account_id=acc, name=f"Agent {i}", status=st,
+                    registered=True, connected=i % 3 != 0, updated_at=1_764_000_000_000 + i)
+        for i in range(200) for st in states
+    ]
+    nxt_agent = _cycle([str(i) for i in range(len(agents))])
+    encode = msgspec.json.Encoder().encode
+
+    async def ours_agent(n: int) -> list[float]:
+        out = []
+        put = cache.set_agent_status
+        for _ in range(n):
+            status = agents[int(nxt_agent())]
+            t0 = perf_counter()
+            await put(acc, status)
+            out.append(perf_counter() - t0)
+        return out
+
+    async def raw_agent(n: int) -> list[float]:
+        # Same writes in one MULTI/EXEC: SET status JSON, SADD/SREM x3, HSET by_user.
+        out = []
+        reg, avail, conn = (keys.agents_registered(acc), keys.agents_available(acc),
+                            keys.agents_connected(acc))
+        by_user = keys.agents_by_user(acc)
+        for _ in range(n):
+            st = agents[int(nxt_agent())]
+            t0 = perf_counter()
+            skey = keys.agent_status(acc, st.user_id)
+            uid = st.user_id
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.set(skey, encode(st))
+                pipe.sadd(reg, uid) if st.registered else pipe.srem(reg, uid)
+                if st.status is AgentState.AVAILABLE:
+                    pipe.sadd(avail, uid)
+                else:
+                    pipe.srem(avail, uid)
+                pipe.sadd(conn, uid) if st.connected else pipe.srem(conn, uid)
+                pipe.hset(by_user, uid, st.name)
+                await pipe.execute()
+            out.append(perf_counter() - t0)
+        return out
+
+    return [
+        Scenario(
+            "queue add + pop",
+            {"ours": ours_queue, "raw": raw_queue},
+            [Row("queue", "queue_add + queue_pop", "ours", "raw",
+                 "MULTI(ZADD NX, ZSCORE) + ZPOPMIN, redis-py by hand", 1.35)],
+            rounds=(30, 160), per_round=25,
+        ),
+        Scenario(
+            "agent status set",
+            {"ours": ours_agent, "raw": raw_agent},
+            [Row("agent_status", "set_agent_status", "ours", "raw",
+                 "MULTI(SET, SADD/SREM x3, HSET), redis-py by hand", 0.9)],
+            rounds=(30, 160), per_round=25,
+        ),
+    ]
