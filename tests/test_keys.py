@@ -127,3 +127,34 @@ def test_valid_ids_never_contain_separators(s: str) -> None:
     assert not any(c in v for c in ":*?[]{}") and not any(c.isspace() for c in v)
     assert PLAIN.devices(v) == f"cal:account:{v}:devices"
     assert PLAIN.account_id_from_channel(PLAIN.account_events(v)) == v
+
+
+def test_validate_ids_batch_names_the_first_bad_position() -> None:
+    from cal_redis.keys import validate_ids
+
+    validate_ids([], "ids")
+    validate_ids(["u1", "u2", "é" * 64, "x" * 200], "ids")
+    for bad, pos in ((["u1", "u:2", "u*3"], 1), (["u1", ""], 1), ([5, "u"], 0),
+                     (["ok", "a" * 257], 1), (["a", "b c"], 1)):
+        with pytest.raises(ValidationError) as info:
+            validate_ids(bad, "ids")
+        assert info.value.argument == f"ids[{pos}]"
+
+
+@given(st.lists(st.text(max_size=12), max_size=8))
+def test_validate_ids_agrees_with_validate_id(values: list[str]) -> None:
+    from cal_redis.keys import validate_ids
+
+    expected_ok = True
+    for v in values:
+        try:
+            validate_id(v, "x")
+        except ValidationError:
+            expected_ok = False
+            break
+    try:
+        validate_ids(list(values), "ids")
+        ok = True
+    except ValidationError:
+        ok = False
+    assert ok == expected_ok

@@ -10,7 +10,7 @@ Every failure becomes :class:`~cal_redis.errors.SerializationError` naming the k
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any, TypeVar
 
 import msgspec
@@ -35,7 +35,7 @@ _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 _event_decoder = msgspec.json.Decoder(Event)
 
 
-@lru_cache(maxsize=None)
+@cache
 def decoder(model: type[T]) -> msgspec.json.Decoder[T]:
     """The cached typed JSON decoder of ``model``."""
     return msgspec.json.Decoder(model)
@@ -51,8 +51,9 @@ def encode(obj: Any) -> bytes:
 
 def decode(data: bytes | str, model: type[T], *, key: str, field: str | None = None) -> T:
     """Decode one JSON value into ``model``; errors name ``key`` (and ``field``)."""
+    dec: msgspec.json.Decoder[T] = decoder(model)
     try:
-        return decoder(model).decode(data)
+        return dec.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
         raise SerializationError(f"bad {model.__name__} JSON: {err}", key=key, field=field) from err
 

@@ -104,7 +104,7 @@ class EmbeddedRedis:
         self._startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmpdir: str | None = None
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes], str], EmbeddedRedis] | None = None
         self.host = "127.0.0.1"
         self.port: int = 0
         self.socket_path: str | None = None

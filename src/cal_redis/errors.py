@@ -31,11 +31,11 @@ class ConfigurationError(CalRedisError):
     """The library is misconfigured (e.g. no Redis URL and no ``CAL_VALKEY_HOST``)."""
 
 
-class ConnectionError(CalRedisError):  # noqa: A001 - deliberate, namespaced by module
+class ConnectionError(CalRedisError):
     """Redis could not be reached, or the connection broke mid-command."""
 
 
-class TimeoutError(ConnectionError):  # noqa: A001
+class TimeoutError(ConnectionError):
     """A Redis command or connection attempt timed out."""
 
 

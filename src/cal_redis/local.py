@@ -25,7 +25,7 @@ class LocalTier:
         tier["users"].set("u1", user, tier.weight(raw_json))
     """
 
-    __slots__ = ("_caches", "overhead", "implementation")
+    __slots__ = ("_caches", "implementation", "overhead")
 
     def __init__(self, config: CacheConfig, namespaces: Iterable[str]) -> None:
         self.overhead = config.entry_overhead

@@ -50,7 +50,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Model(msgspec.Struct, frozen=True, kw_only=True):
+class Model(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Base of every stored value: frozen, keyword-only, unknown fields ignored."""
 
 

@@ -21,7 +21,7 @@ from redis.backoff import NoBackoff
 from . import errors
 from .config import CacheConfig
 
-__all__ = ("Remote", "map_redis_error", "hiredis_available")
+__all__ = ("RETRYABLE", "Remote", "map_redis_error", "hiredis_available")
 
 log = logging.getLogger("cal_redis.remote")
 T = TypeVar("T")
@@ -47,13 +47,14 @@ def map_redis_error(err: BaseException, what: str) -> errors.CalRedisError:
     return errors.CalRedisError(f"{what}: Redis error: {err}")
 
 
-_RETRYABLE = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+#: Errors after which an idempotent read may be retried.
+RETRYABLE = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 
 
 class Remote:
     """One redis.asyncio client (pool) plus counters; see the module docstring."""
 
-    __slots__ = ("client", "url", "config", "round_trips", "errors", "retries")
+    __slots__ = ("client", "config", "errors", "retries", "round_trips", "url")
 
     def __init__(self, url: str, config: CacheConfig) -> None:
         self.url = url
@@ -74,15 +75,24 @@ class Remote:
         self.errors = 0
         self.retries = 0
 
-    async def read(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    @property
+    def untyped(self) -> Any:
+        """The client, untyped: replies are bytes (``decode_responses=False``), which
+        redis-py's annotations cannot express, so callers annotate each reply."""
+        return self.client
+
+    async def read(
+        self, what: str, call: Callable[[], Awaitable[T]], *, retries: int | None = None
+    ) -> T:
         """Run an idempotent read, retrying connection errors with backoff."""
+        max_retries = self.config.read_retries if retries is None else retries
         attempt = 0
         while True:
             self.round_trips += 1
             try:
                 return await call()
-            except _RETRYABLE as err:
-                if attempt >= self.config.read_retries:
+            except RETRYABLE as err:
+                if attempt >= max_retries:
                     self.errors += 1
                     raise map_redis_error(err, what) from err
                 attempt += 1
@@ -91,6 +101,18 @@ class Remote:
             except rexc.RedisError as err:
                 self.errors += 1
                 raise map_redis_error(err, what) from err
+
+    async def retry_read(
+        self, what: str, first: BaseException, fn: Callable[..., Awaitable[T]], *args: Any
+    ) -> T:
+        """Retries of a read whose first attempt (made inline on a hot path) failed with
+        ``first``, a retryable error. The first attempt was already counted."""
+        if self.config.read_retries == 0:
+            self.errors += 1
+            raise map_redis_error(first, what) from first
+        self.retries += 1
+        await asyncio.sleep(self.config.retry_backoff)
+        return await self.read(what, lambda: fn(*args), retries=self.config.read_retries - 1)
 
     async def write(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run a write once; errors are mapped, never retried."""

@@ -19,9 +19,9 @@ import redis.exceptions as rexc
 
 from .. import codec
 from ..errors import CalRedisError, NotFoundError, SerializationError, ValidationError
-from ..keys import KeyBuilder, validate_id, validate_ident
+from ..keys import KeyBuilder, validate_id, validate_ident, validate_ids
 from ..models import Event, Model, now_ms
-from ..remote import map_redis_error
+from ..remote import RETRYABLE, map_redis_error
 
 if TYPE_CHECKING:
     from .._fast import LRUCache
@@ -55,18 +55,36 @@ class _LeaderCancelled(Exception):
 class Entities(Generic[T]):
     """Cache-first operations of one entity over L1 and L2 (see the module docstring)."""
 
-    __slots__ = ("spec", "cache", "l1", "flights", "pending", "joins", "_fields")
+    __slots__ = (
+        "_decode",
+        "_fields",
+        "_global_hkey",
+        "_id_arg",
+        "cache",
+        "flights",
+        "joins",
+        "l1",
+        "pending",
+        "spec",
+    )
 
     def __init__(self, spec: EntitySpec[T], cache: CallableCache) -> None:
         self.spec = spec
         self.cache = cache
         self.l1: LRUCache = cache.local[spec.namespace]
-        self.flights: dict[Hashable, asyncio.Future[T | None]] = {}
+        # In-flight loads: L1 key -> future of {key: value} (one future per batch).
+        self.flights: dict[Hashable, asyncio.Future[dict[Hashable, T | None]]] = {}
         # Own writes whose echo has not come back yet: L1 key -> count. Foreign
         # events for such a key are older than our write and must not win.
         self.pending: dict[Hashable, int] = {}
         self.joins = 0
         self._fields = frozenset(spec.model.__struct_fields__)
+        self._decode = codec.decoder(spec.model).decode
+        self._id_arg = spec.kind.lower() + "_id"
+        self._global_hkey = "" if spec.scoped else spec.hash_key(cache.keys, None)
+
+    def _loop_future(self) -> asyncio.Future[dict[Hashable, T | None]]:
+        return asyncio.get_running_loop().create_future()
 
     # -- keys -------------------------------------------------------------------------
     def l1_key(self, account_id: str | None, id_: str) -> Hashable:
@@ -80,10 +98,14 @@ class Entities(Generic[T]):
             validate_id(account_id, "account_id")
         return self.spec.hash_key(self.cache.keys, account_id)
 
-    def idents_of(self, obj: Any) -> set[str]:
+    def idents_of(self, obj: Any) -> frozenset[str]:
         """The non-empty ident values of an entity (or of a decoded dict)."""
-        get = obj.get if isinstance(obj, dict) else (lambda f: getattr(obj, f, None))
-        return {v for f in self.spec.ident_fields if isinstance(v := get(f), str) and v}
+        fields = self.spec.ident_fields
+        if isinstance(obj, dict):
+            values = [obj.get(f) for f in fields]
+        else:
+            values = [getattr(obj, f, None) for f in fields]
+        return frozenset(v for v in values if isinstance(v, str) and v)
 
     # -- reads ------------------------------------------------------------------------
     async def get(self, account_id: str | None, id_: str) -> T | None:
@@ -98,30 +120,39 @@ class Entities(Generic[T]):
         return await self.load(account_id, id_)
 
     async def load(self, account_id: str | None, id_: str) -> T | None:
-        """L1 miss path of :meth:`get`."""
-        spec = self.spec
-        validate_id(id_, spec.kind.lower() + "_id")
-        hkey = self._hkey(account_id)
-        key = self.l1_key(account_id, id_)
-        flight = self.flights.get(key)
+        """L1 miss path of :meth:`get`: validate, single-flight HGET, decode, fenced fill."""
+        validate_id(id_, self._id_arg)
+        hkey = self._global_hkey or self._hkey(account_id)
+        key = (account_id, id_) if self.spec.scoped else id_
+        flights = self.flights
+        flight = flights.get(key)
         if flight is not None:
             self.joins += 1
             try:
-                return await asyncio.shield(flight)
+                return (await asyncio.shield(flight))[key]
             except _LeaderCancelled:
                 return await self.load(account_id, id_)
-        flight = asyncio.get_running_loop().create_future()
-        self.flights[key] = flight
+        flight = self._loop_future()
+        flights[key] = flight
         l1 = self.l1
         token = l1.begin_fill()
         try:
-            client = self.cache.remote.client
-            raw: bytes | None = await self.cache.remote.read(
-                "HGET " + hkey, lambda: client.hget(hkey, id_)
-            )
+            remote = self.cache.remote
+            remote.round_trips += 1
+            try:
+                raw: bytes | None = await remote.untyped.hget(hkey, id_)
+            except RETRYABLE as err:
+                raw = await remote.retry_read("HGET " + hkey, err, remote.untyped.hget, hkey, id_)
+            except rexc.RedisError as err:
+                remote.errors += 1
+                raise map_redis_error(err, "HGET " + hkey) from err
             value: T | None = None
             if raw is not None:
-                value = codec.decode(raw, spec.model, key=hkey, field=id_)
+                try:
+                    value = self._decode(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    codec.decode(raw, self.spec.model, key=hkey, field=id_)  # raises, named
+                    raise
                 if self.cache.fill_ok:
                     l1.set_if_fresh(key, value, len(raw) + self.cache.local.overhead, token)
         except asyncio.CancelledError:
@@ -133,11 +164,11 @@ class Entities(Generic[T]):
             flight.exception()  # retrieved: joiners re-raise it, no "never retrieved" log
             raise
         else:
-            flight.set_result(value)
+            flight.set_result({key: value})
             return value
         finally:
             l1.end_fill()
-            del self.flights[key]
+            del flights[key]
 
     async def get_by_ident(self, account_id: str | None, ident: str) -> T | None:
         """Resolve an ident (hash ``*:idents`` → id) then get the entity, both cache-first.
@@ -162,7 +193,7 @@ class Entities(Generic[T]):
             l1.invalidate(ikey)
         token = l1.begin_fill()
         try:
-            client = self.cache.remote.client
+            client = self.cache.remote.untyped
             raw_id: bytes | None = await self.cache.remote.read(
                 "HGET " + ikey_hash, lambda: client.hget(ikey_hash, ident)
             )
@@ -186,7 +217,7 @@ class Entities(Generic[T]):
     async def get_all(self, account_id: str | None) -> list[T]:
         """Every entity straight from Redis (HGETALL), decoded; L1 is not consulted."""
         hkey = self._hkey(account_id)
-        client = self.cache.remote.client
+        client = self.cache.remote.untyped
         raw: dict[bytes, bytes] = await self.cache.remote.read(
             "HGETALL " + hkey, lambda: client.hgetall(hkey)
         )
@@ -202,49 +233,53 @@ class Entities(Generic[T]):
 
         Ids already being loaded by another caller are awaited, not fetched again.
         """
-        spec = self.spec
         if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
             raise ValidationError("ids", f"expected a sequence of ids, got {type(ids).__name__}")
-        n = len(ids)
-        out: list[T | None] = [None] * n
-        l1 = self.l1
-        scoped = spec.scoped
+        out: list[T | None] = [None] * len(ids)
+        l1get = self.l1.get
+        scoped = self.spec.scoped
         missing: dict[Hashable, list[int]] = {}
         for i, id_ in enumerate(ids):
             key = (account_id, id_) if scoped else id_
             try:
-                hit = l1.get(key)
+                hit = l1get(key)
             except TypeError:
-                hit = None
+                validate_id(id_, f"ids[{i}]")  # unhashable: not a str
+                raise
             if hit is not None:
                 out[i] = hit
+            elif key in missing:
+                missing[key].append(i)
             else:
-                validate_id(id_, "ids[%d]" % i)
-                slots = missing.get(key)
-                if slots is None:
-                    missing[key] = [i]
-                else:
-                    slots.append(i)
+                missing[key] = [i]
         if not missing:
             return out
-        hkey = self._hkey(account_id)
-        joined: list[tuple[Hashable, asyncio.Future[T | None]]] = []
+        miss_ids: list[object] = [k[1] for k in missing] if scoped else list(missing)  # type: ignore[index]
+        try:
+            validate_ids(miss_ids, "ids")
+        except ValidationError:
+            for mkey, slots in missing.items():  # name the position in the caller's list
+                validate_id(mkey[1] if scoped else mkey, f"ids[{slots[0]}]")  # type: ignore[index]
+            raise
+        hkey = self._global_hkey or self._hkey(account_id)
+        flights = self.flights
+        joined: list[Hashable] = []
         fetch: list[Hashable] = []
-        for key in missing:
-            flight = self.flights.get(key)
-            if flight is not None:
-                joined.append((key, flight))
-            else:
-                fetch.append(key)
+        for mkey in missing:
+            (joined if mkey in flights else fetch).append(mkey)
         if fetch:
             await self._fetch_batch(hkey, fetch, missing, out)
-        for key, flight in joined:
+        for jkey in joined:
+            flight = flights.get(jkey)
             self.joins += 1
             try:
-                value = await asyncio.shield(flight)
+                value = (await asyncio.shield(flight))[jkey] if flight is not None else None
             except _LeaderCancelled:
-                value = await self.load(account_id, key[1] if scoped else key)  # type: ignore[index]
-            for i in missing[key]:
+                flight = None
+            if flight is None:  # finished or cancelled meanwhile: load on our own
+                jid: Any = jkey[1] if scoped else jkey  # type: ignore[index]
+                value = await self.get(account_id, jid)
+            for i in missing[jkey]:
                 out[i] = value
         return out
 
@@ -255,42 +290,52 @@ class Entities(Generic[T]):
         missing: dict[Hashable, list[int]],
         out: list[T | None],
     ) -> None:
-        scoped = self.spec.scoped
-        ids = [k[1] for k in fetch] if scoped else fetch  # type: ignore[index]
-        loop = asyncio.get_running_loop()
+        ids = [k[1] for k in fetch] if self.spec.scoped else fetch  # type: ignore[index]
         flights = self.flights
-        mine = [loop.create_future() for _ in fetch]
-        for key, flight in zip(fetch, mine, strict=True):
+        flight = self._loop_future()  # one future for the whole batch
+        for key in fetch:
             flights[key] = flight
         l1 = self.l1
         token = l1.begin_fill()
+        found: dict[Hashable, T | None] = {}
         try:
+            remote = self.cache.remote
+            remote.round_trips += 1
             try:
-                client = self.cache.remote.client
-                raws: list[bytes | None] = await self.cache.remote.read(
-                    "HMGET " + hkey, lambda: client.hmget(hkey, ids)
-                )
-                values = codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)  # type: ignore[arg-type]
-            except BaseException as err:
-                exc = _LeaderCancelled() if isinstance(err, asyncio.CancelledError) else err
-                for flight in mine:
-                    flight.set_exception(exc)
-                    flight.exception()
-                raise
-            finally:
-                for key in fetch:
-                    del flights[key]
+                raws: list[bytes | None] = await remote.untyped.hmget(hkey, ids)
+            except RETRYABLE as err:
+                raws = await remote.retry_read("HMGET " + hkey, err, remote.untyped.hmget, hkey, ids)
+            except rexc.RedisError as err:
+                remote.errors += 1
+                raise map_redis_error(err, "HMGET " + hkey) from err
+            decode = self._decode
             fill = self.cache.fill_ok
             overhead = self.cache.local.overhead
-            for key, flight, raw, value in zip(fetch, mine, raws, values, strict=True):
-                flight.set_result(value)
-                if value is not None:
+            set_if_fresh = l1.set_if_fresh
+            try:
+                for key, raw in zip(fetch, raws, strict=True):
+                    if raw is None:
+                        found[key] = None
+                        continue
+                    value = decode(raw)
+                    found[key] = value
                     for i in missing[key]:
                         out[i] = value
                     if fill:
-                        l1.set_if_fresh(key, value, len(raw) + overhead, token)  # type: ignore[arg-type]
+                        set_if_fresh(key, value, len(raw) + overhead, token)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)  # type: ignore[arg-type]
+                raise
+        except BaseException as err:
+            flight.set_exception(_LeaderCancelled() if isinstance(err, asyncio.CancelledError) else err)
+            flight.exception()
+            raise
+        else:
+            flight.set_result(found)
         finally:
             l1.end_fill()
+            for key in fetch:
+                del flights[key]
 
     # -- writes -----------------------------------------------------------------------
     async def set(self, account_id: str | None, obj: T) -> T:
@@ -300,7 +345,7 @@ class Entities(Generic[T]):
                 self.spec.kind.lower(),
                 f"expected {self.spec.model.__name__}, got {type(obj).__name__}",
             )
-        id_ = getattr(obj, "id")
+        id_: str = getattr(obj, "id")  # noqa: B009 - T is any model with an id
         if self.spec.scoped:
             owner = getattr(obj, "account_id", "")
             if owner and owner != account_id:
@@ -308,7 +353,7 @@ class Entities(Generic[T]):
                     "account_id", f"{self.spec.kind} {id_!r} belongs to account {owner!r}"
                 )
             if not owner:
-                obj = msgspec.structs.replace(obj, account_id=account_id)  # type: ignore[arg-type]
+                obj = msgspec.structs.replace(obj, account_id=account_id)
 
         def build(old: bytes | None, hkey: str) -> tuple[T, bytes]:
             return obj, codec.merge_encode(old, obj, key=hkey, field=id_)
@@ -361,7 +406,7 @@ class Entities(Generic[T]):
         ikey_hash = spec.idents_key(keys, account_id) if spec.idents_key else None
         channel = keys.account_events(account_id) if spec.scoped else keys.EVENTS  # type: ignore[arg-type]
         key = self.l1_key(account_id, id_)
-        client = self.cache.remote.client
+        client = self.cache.remote.untyped
         l1 = self.l1
         remote = self.cache.remote
         sync = self.cache.sync_applies
@@ -465,13 +510,13 @@ class Entities(Generic[T]):
             return owner or None
         return None
 
-    def _stored_idents(self, old: bytes | None, hkey: str, id_: str) -> set[str]:
+    def _stored_idents(self, old: bytes | None, hkey: str, id_: str) -> frozenset[str]:
         if old is None or not self.spec.ident_fields:
-            return set()
+            return frozenset()
         try:
             return self.idents_of(msgspec.json.decode(old))
         except msgspec.DecodeError:
-            return set()  # malformed old value: nothing to clean up reliably
+            return frozenset()  # malformed old value: nothing to clean up reliably
 
     # -- events -----------------------------------------------------------------------
     def apply_event(self, action: str, event: Event, account_id: str | None) -> str:
