@@ -22,6 +22,7 @@ from .ops.conversations import ConversationOps
 from .ops.flow_states import FlowStateOps
 from .ops.queues import QueueOps
 from .ops.sessions import SessionOps
+from .ops.trunk_ip import TrunkIpOps, TrunkIps
 from .ops.ws import WsOps
 from .remote import Remote
 from .sync import Subscriber, SyncOps
@@ -32,8 +33,8 @@ log = logging.getLogger("cal_redis")
 
 
 class CallableCache(
-    SyncOps, CacheFirstOps, SessionOps, AgentOps, QueueOps, ConversationOps, WsOps, FlowStateOps,
-    AccountDataOps,
+    SyncOps, CacheFirstOps, TrunkIpOps, SessionOps, AgentOps, QueueOps, ConversationOps, WsOps,
+    FlowStateOps, AccountDataOps,
 ):
     """Typed async access to the platform's shared data over L1 (in-process) and L2 (Redis).
 
@@ -67,6 +68,7 @@ class CallableCache(
             e.spec.kind: e
             for e in (self._regions, self._proxies, self._accounts, self._users, self._devices)
         }
+        self._trunk_ips = TrunkIps(self)
         self._sync = Subscriber(self)
         self._closed = False
 
@@ -146,7 +148,7 @@ class CallableCache(
             "l1": self.local.stats(),
             "l1_implementation": self.local.implementation,
             "l2": self.remote.stats(),
-            "single_flight_joins": sum(e.joins for e in self.engines.values()),
+            "single_flight_joins": sum(e.joins for e in self.engines.values()) + self._trunk_ips.joins,
             "sync": self._sync.snapshot().as_dict(),
         }
 

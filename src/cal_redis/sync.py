@@ -304,6 +304,10 @@ class Subscriber:
                     engine.spec.scoped, action, functools.partial(engine.apply_event, action),
                     engine,
                 )
+        for action in ACTIONS:  # trunk IP -> account: global, invalidate-only events
+            self.types["TrunkIp" + action] = _Kind(
+                False, action, functools.partial(cache._trunk_ips.apply_event, action)
+            )
         apply_flow_state = getattr(cache, "apply_flow_state_event", None)
         if apply_flow_state is not None:  # flow states: cache-first outside the engine
             for action in ACTIONS:
