@@ -12,20 +12,10 @@ import redis
 import redis.asyncio as aioredis
 
 from cal_redis import AgentState, AgentStatus, CallableCache, ValidationError
+from redis_stats import assert_rejected_before_io
 
 A = "acc1"
 P = f"cal:account:{A}:"
-
-
-# The sync subscriber's heartbeat (PING) and the test's own INFO/CONFIG are not I/O
-# of the operation under test.
-IGNORED = ("cmdstat_info", "cmdstat_config", "cmdstat_ping")
-
-
-def total_calls(raw: redis.Redis) -> int:
-    stats: dict[str, Any] = raw.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items()
-               if k.split("|")[0] not in IGNORED)
 
 
 def status(user: str = "u1", **kw: Any) -> AgentStatus:
@@ -141,12 +131,7 @@ async def test_account_must_match(cache: CallableCache, raw: redis.Redis) -> Non
 async def test_bad_arguments_raise_before_any_command(
     cache: CallableCache, raw: redis.Redis, method: str, args: tuple[Any, ...], argument: str
 ) -> None:
-    raw.config_resetstat()
-    before = total_calls(raw)
-    with pytest.raises(ValidationError) as info:
-        await getattr(cache, method)(*args)
-    assert info.value.argument == argument
-    assert total_calls(raw) == before
+    await assert_rejected_before_io(cache, raw, method, args, argument)
 
 
 async def _snapshot(client: aioredis.Redis) -> tuple[dict[str, Any] | None, tuple[bool, ...], Any]:

@@ -24,18 +24,9 @@ from cal_redis import (
 )
 from cal_redis.embedded import EmbeddedRedis
 from cal_redis.remote import hiredis_available
+from redis_stats import assert_rejected_before_io, calls
 
 NO_SYNC = CacheConfig(sync=False)
-
-
-def calls(raw: redis.Redis, command: str) -> int:
-    stats: dict[str, Any] = raw.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
-
-
-def total_calls(raw: redis.Redis) -> int:
-    stats: dict[str, Any] = raw.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config"))
 
 
 def user(i: int | str, **kw: Any) -> User:
@@ -100,12 +91,7 @@ async def test_missing_entity_is_none(cache: CallableCache) -> None:
 async def test_bad_ids_raise_before_any_command(
     cache: CallableCache, raw: redis.Redis, method: str, args: tuple[Any, ...], argument: str
 ) -> None:
-    raw.config_resetstat()
-    before = total_calls(raw)
-    with pytest.raises(ValidationError) as info:
-        await getattr(cache, method)(*args)
-    assert info.value.argument == argument
-    assert total_calls(raw) == before
+    await assert_rejected_before_io(cache, raw, method, args, argument)
 
 
 async def test_set_validates_entity_type_and_owner(cache: CallableCache, raw: redis.Redis) -> None:

@@ -9,17 +9,11 @@ from typing import Any
 import pytest
 import redis
 
-from cal_redis import CallableCache, Conversation, ValidationError
+from cal_redis import CallableCache, Conversation
+from redis_stats import assert_rejected_before_io
 
 A = "acc1"
 K = f"cal:account:{A}:conversation:c1"
-
-IGNORED = ("cmdstat_info", "cmdstat_config", "cmdstat_ping")
-
-
-def total_calls(raw: redis.Redis) -> int:
-    stats: dict[str, Any] = raw.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k.split("|")[0] not in IGNORED)
 
 
 async def test_set_get_delete(cache: CallableCache, raw: redis.Redis) -> None:
@@ -70,9 +64,4 @@ async def test_foreign_fields_kept(cache: CallableCache, raw: redis.Redis) -> No
 async def test_bad_arguments_raise_before_any_command(
     cache: CallableCache, raw: redis.Redis, method: str, args: tuple[Any, ...], argument: str
 ) -> None:
-    raw.config_resetstat()
-    before = total_calls(raw)
-    with pytest.raises(ValidationError) as info:
-        await getattr(cache, method)(*args)
-    assert info.value.argument == argument
-    assert total_calls(raw) == before
+    await assert_rejected_before_io(cache, raw, method, args, argument)

@@ -20,25 +20,10 @@ from cal_redis import (
     ValidationError,
 )
 from cal_redis.codec import decode_event
+from redis_stats import assert_rejected_before_io, calls, total_calls
 
 A = "acc1"
 K = f"cal:account:{A}:flow_state:f1"
-
-
-# The sync subscriber's heartbeat (PING) and the test's own INFO/CONFIG are not I/O
-# of the operation under test.
-IGNORED = ("cmdstat_info", "cmdstat_config", "cmdstat_ping")
-
-
-def total_calls(raw: redis.Redis) -> int:
-    stats: dict[str, Any] = raw.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items()
-               if k.split("|")[0] not in IGNORED)
-
-
-def calls(raw: redis.Redis, command: str) -> int:
-    stats: dict[str, Any] = raw.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 async def test_set_then_get_from_l1(cache: CallableCache, raw: redis.Redis) -> None:
@@ -208,9 +193,4 @@ async def test_no_fill_while_sync_degraded(cache: CallableCache, raw: redis.Redi
 async def test_bad_arguments_raise_before_any_command(
     cache: CallableCache, raw: redis.Redis, method: str, args: tuple[Any, ...], argument: str
 ) -> None:
-    raw.config_resetstat()
-    before = total_calls(raw)
-    with pytest.raises(ValidationError) as info:
-        await getattr(cache, method)(*args)
-    assert info.value.argument == argument
-    assert total_calls(raw) == before
+    await assert_rejected_before_io(cache, raw, method, args, argument)

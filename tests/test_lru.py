@@ -20,24 +20,6 @@ NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
 T0 = 1000.0
 
 
-def _compiled_cls() -> Any:
-    try:
-        from cal_redis._fast import _lru_c
-    except ImportError as err:
-        if NO_EXTENSIONS:
-            pytest.skip("CAL_REDIS_NO_EXTENSIONS is set and the compiled module is absent")
-        pytest.fail(f"compiled module cal_redis._fast._lru_c does not import: {err!r}")
-    return _lru_c.LRUCache
-
-
-@pytest.fixture(params=["c", "py"])
-def lru_cls(request: pytest.FixtureRequest) -> Any:
-    """The compiled LRUCache (id ``c``) and its pure-Python twin (id ``py``)."""
-    if request.param == "c":
-        return _compiled_cls()
-    return _lru_py.LRUCache
-
-
 class FakeClock:
     """A settable clock: returns ``t`` until told otherwise."""
 

@@ -48,14 +48,6 @@ def _compiled_cls() -> Any:
     return _lru_c.LRUCache
 
 
-@pytest.fixture(params=["c", "py"])
-def lru_cls(request: pytest.FixtureRequest) -> Any:
-    """The compiled LRUCache (id ``c``) and its pure-Python twin (id ``py``)."""
-    if request.param == "c":
-        return _compiled_cls()
-    return _lru_py.LRUCache
-
-
 class FakeClock:
     def __init__(self, t: float = 1000.0) -> None:
         self.t = t

@@ -13,21 +13,11 @@ import redis
 from cal_redis import CacheConfig, CallableCache, QueueMeta, ValidationError
 from cal_redis import TimeoutError as CalTimeoutError
 from cal_redis.models import now_ms
+from redis_stats import assert_rejected_before_io
 
 A = "acc1"
 Q = f"cal:account:{A}:queue:support"
 META = f"cal:account:{A}:queues:meta"
-
-
-# The sync subscriber's heartbeat (PING) and the test's own INFO/CONFIG are not I/O
-# of the operation under test.
-IGNORED = ("cmdstat_info", "cmdstat_config", "cmdstat_ping")
-
-
-def total_calls(raw: redis.Redis) -> int:
-    stats: dict[str, Any] = raw.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items()
-               if k.split("|")[0] not in IGNORED)
 
 
 async def test_fifo_and_priority(cache: CallableCache, raw: redis.Redis) -> None:
@@ -195,9 +185,4 @@ async def test_queue_meta(cache: CallableCache, raw: redis.Redis) -> None:
 async def test_bad_arguments_raise_before_any_command(
     cache: CallableCache, raw: redis.Redis, method: str, args: tuple[Any, ...], argument: str
 ) -> None:
-    raw.config_resetstat()
-    before = total_calls(raw)
-    with pytest.raises(ValidationError) as info:
-        await getattr(cache, method)(*args)
-    assert info.value.argument == argument
-    assert total_calls(raw) == before
+    await assert_rejected_before_io(cache, raw, method, args, argument)

@@ -12,19 +12,9 @@ import redis
 
 from cal_redis import CallableCache, NotFoundError, SessionData, ValidationError
 from cal_redis.models import now_ms
+from redis_stats import assert_rejected_before_io
 
 A = "acc1"
-
-
-# The sync subscriber's heartbeat (PING) and the test's own INFO/CONFIG are not I/O
-# of the operation under test.
-IGNORED = ("cmdstat_info", "cmdstat_config", "cmdstat_ping")
-
-
-def total_calls(raw: redis.Redis) -> int:
-    stats: dict[str, Any] = raw.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items()
-               if k.split("|")[0] not in IGNORED)
 
 
 def skey(sid: str, account: str = A) -> str:
@@ -192,9 +182,4 @@ async def test_sessions_are_per_account(cache: CallableCache) -> None:
 async def test_bad_arguments_raise_before_any_command(
     cache: CallableCache, raw: redis.Redis, method: str, args: tuple[Any, ...], argument: str
 ) -> None:
-    raw.config_resetstat()
-    before = total_calls(raw)
-    with pytest.raises(ValidationError) as info:
-        await getattr(cache, method)(*args)
-    assert info.value.argument == argument
-    assert total_calls(raw) == before
+    await assert_rejected_before_io(cache, raw, method, args, argument)

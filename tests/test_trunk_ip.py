@@ -8,11 +8,7 @@ import pytest
 import redis
 
 from cal_redis import CacheConfig, CallableCache, ValidationError
-
-
-def calls(raw: redis.Redis, command: str) -> int:
-    stats: dict[str, Any] = raw.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+from redis_stats import calls
 
 
 async def test_set_get_delete_v4_v6(cache: CallableCache, raw: redis.Redis) -> None:

@@ -9,20 +9,10 @@ import pytest
 import redis
 
 from cal_redis import AgentState, AgentStatus, CallableCache, ValidationError, WsConnection
+from redis_stats import assert_rejected_before_io
 
 A, B = "acc1", "acc2"
 WS = "cal:ws:connections"
-
-
-# The sync subscriber's heartbeat (PING) and the test's own INFO/CONFIG are not I/O
-# of the operation under test.
-IGNORED = ("cmdstat_info", "cmdstat_config", "cmdstat_ping")
-
-
-def total_calls(raw: redis.Redis) -> int:
-    stats: dict[str, Any] = raw.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items()
-               if k.split("|")[0] not in IGNORED)
 
 
 def connected(raw: redis.Redis, account: str = A) -> set[bytes]:
@@ -165,9 +155,4 @@ async def test_remove_node_connections(cache: CallableCache, raw: redis.Redis) -
 async def test_bad_arguments_raise_before_any_command(
     cache: CallableCache, raw: redis.Redis, method: str, args: tuple[Any, ...], argument: str
 ) -> None:
-    raw.config_resetstat()
-    before = total_calls(raw)
-    with pytest.raises(ValidationError) as info:
-        await getattr(cache, method)(*args)
-    assert info.value.argument == argument
-    assert total_calls(raw) == before
+    await assert_rejected_before_io(cache, raw, method, args, argument)
