@@ -21,6 +21,7 @@ from .errors import (
     ValidationError,
 )
 from .keys import KeyBuilder
+from .sync import EventStream, SyncState
 from .models import (
     Account,
     Address,
@@ -62,6 +63,7 @@ __all__ = (
     "EmbeddedRedis",
     "EmbeddedRedisError",
     "Event",
+    "EventStream",
     "FlowState",
     "Hook",
     "KeyBuilder",
@@ -73,6 +75,7 @@ __all__ = (
     "Region",
     "SerializationError",
     "SessionData",
+    "SyncState",
     "TimeoutError",
     "Trunk",
     "User",

@@ -80,6 +80,8 @@ async def _demo(cache: CallableCache, n_users: int) -> None:
         return await cache.get_users_batch(ids)
 
     b = await _median(batch, 30)
+    if cache.config.sync:
+        await _demo_sync(cache)
     by_ident = await cache.get_user_by_ident("agent7@acme.example")
     dev = await cache.get_device_by_ident("acc42", "00:11:22:33:44:55")
     print()
@@ -97,6 +99,30 @@ async def _demo(cache: CallableCache, n_users: int) -> None:
           f"hits {u['hits']}, misses {u['misses']}; L2 round trips {st['l2']['round_trips']}")
     print("Full comparison against the raw client: `python -m cal_redis bench` "
           "(docs/benchmarks.md).")
+
+
+async def _demo_sync(cache: CallableCache) -> None:
+    """A second instance on the same Redis sees a write of the first through its L1."""
+    peer = await CallableCache.connect(cache.remote.url, config=cache.config)
+    try:
+        await peer.get_user_by_id("u2")  # now cached in the peer's L1
+        t0 = time.perf_counter()
+        await cache.update_user("u2", name="Renamed Agent")
+        written = time.perf_counter()
+        deadline = written + 2.0
+        while time.perf_counter() < deadline:
+            seen = peer.local["users"].peek("u2")
+            if seen is not None and seen.name == "Renamed Agent":
+                now = time.perf_counter()
+                print(f"update_user on instance A ({_fmt(written - t0)}) -> instance B's L1 "
+                      f"refreshed by pub/sub {_fmt(now - written)} after the write returned")
+                break
+            await asyncio.sleep(0)
+        else:
+            print("instance B did not see the update within 2 s (sync state: "
+                  f"{peer.sync_state.state})")
+    finally:
+        await peer.close()
 
 
 async def _run_demo(url: str | None, n_users: int) -> None:

@@ -106,18 +106,23 @@ class FlowStateOps(DirectOps):
         event = self._flow_event(account_id, state.id, "Update", data)
         args = ["", str(ms), "0", "", channel, event]
         ok = False
+        # Fenced like a read fill: an event or flush for this key that lands while the
+        # write is in flight (a newer write elsewhere) wins over our late L1 store.
+        token = l1.begin_fill()
         try:
             await self._put_json("SET " + key, _lua.PUT, [key], state, data, args, key=key)
             ok = True
+            stored = False
+            if self.fill_ok:
+                l1_ttl = l1.default_ttl
+                l1_ttl = ms / 1000 if l1_ttl is None else min(l1_ttl, ms / 1000)
+                stored = l1.set_if_fresh(ck, state, len(data) + self.local.overhead, token, l1_ttl)
+            if not stored:
+                l1.invalidate(ck)
         finally:
             if not ok:
                 l1.invalidate(ck)
-        if self.fill_ok:
-            l1_ttl = l1.default_ttl
-            l1_ttl = ms / 1000 if l1_ttl is None else min(l1_ttl, ms / 1000)
-            l1.set(ck, state, len(data) + self.local.overhead, l1_ttl)
-        else:
-            l1.invalidate(ck)
+            l1.end_fill()
         return state
 
     async def delete_flow_state(self, account_id: str, flow_id: str) -> bool:
