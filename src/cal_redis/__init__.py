@@ -21,7 +21,6 @@ from .errors import (
     ValidationError,
 )
 from .keys import KeyBuilder
-from .sync import EventStream, SyncState
 from .models import (
     Account,
     Address,
@@ -42,6 +41,7 @@ from .models import (
     User,
     WsConnection,
 )
+from .sync import EventStream, SyncState
 
 __version__ = "0.1.0"
 
