@@ -34,6 +34,7 @@ PREFIX: Final = "cal:"
 
 # Separators, glob characters, hash-tag braces, whitespace and control characters.
 _BAD_ID = re.compile(r"[:*?\[\]{}\s\x00-\x1f\x7f-\x9f]")
+_BAD_PRINTABLE = " :*?[]{}"  # the forbidden characters that str.isprintable() allows
 _BAD_IDENT = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -58,8 +59,10 @@ def validate_id(value: object, argument: str) -> str:
 def validate_ids(values: list[object], argument: str) -> None:
     """Validate many ids at once; the error names ``argument[i]`` of the first bad one.
 
-    Valid ids never contain a forbidden character, so one regex pass over their
-    concatenation clears a whole batch; only a failing batch is checked id by id.
+    Valid ids never contain a forbidden character, so a few C-speed scans of their
+    concatenation clear a whole batch (``isprintable`` rejects control characters and
+    every whitespace but the ASCII space; a regex pass was ~20x slower); only a
+    failing batch is checked id by id.
     """
     try:
         joined = "".join(values)  # type: ignore[arg-type]
@@ -69,7 +72,8 @@ def validate_ids(values: list[object], argument: str) -> None:
         joined is not None
         and all(values)
         and max(map(len, values), default=0) <= MAX_ID_BYTES // 4  # type: ignore[arg-type]
-        and _BAD_ID.search(joined) is None
+        and joined.isprintable()
+        and not any(ch in joined for ch in _BAD_PRINTABLE)
     ):
         return
     for i, value in enumerate(values):
