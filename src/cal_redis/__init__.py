@@ -20,6 +20,7 @@ from .errors import (
     TimeoutError,
     ValidationError,
 )
+from .events import EventStream
 from .keys import KeyBuilder
 from .models import (
     Account,
@@ -41,7 +42,7 @@ from .models import (
     User,
     WsConnection,
 )
-from .sync import EventStream, SyncState
+from .sync import SyncState
 
 __version__ = "0.1.0"
 

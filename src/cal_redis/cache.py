@@ -12,6 +12,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from .config import CacheConfig, configure_logging, resolve_url
+from .events import SyncOps
 from .keys import KeyBuilder
 from .local import LocalTier
 from .ops._engine import Entities
@@ -25,7 +26,7 @@ from .ops.sessions import SessionOps
 from .ops.trunk_ip import TrunkIpOps, TrunkIps
 from .ops.ws import WsOps
 from .remote import Remote
-from .sync import Subscriber, SyncOps
+from .sync import Subscriber
 
 __all__ = ("CallableCache",)
 
