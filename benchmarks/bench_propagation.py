@@ -6,17 +6,7 @@ redis-py asyncio ``PUBLISH`` of a message of the same size → received by a red
 (ours, raw, ours, raw...), both sides in one process and one event loop, with the
 garbage collector paused during the run.
 
-Three figures for us:
-
-* ``write → applied``: from just before ``await a.update_user(...)`` / ``set_user``
-  to B's subscriber having applied the event to L1 (timestamp taken by an event
-  handler, which runs right after the L1 update). Includes the write itself:
-  WATCH, HGET, MULTI/EXEC (3 round trips) — more work than a bare PUBLISH.
-* ``EXEC → applied``: from just before the MULTI/EXEC that carries the PUBLISH to B
-  having applied it. Comparable to the raw ``publish → receive``.
-* ``EXEC → applied, writer subscribed``: the same, with A's own subscriber running
-  in this process too (it handles A's echo in the same event loop, which in a real
-  deployment happens in A's process, not B's).
+The three series are described in ``cal_redis._bench_propagation``.
 
 Run: ``python benchmarks/bench_propagation.py [--events 2000] [--protocol 3]``.
 Import: ``await measure_propagation(events=2000)`` (from ``cal_redis._bench``) returns the

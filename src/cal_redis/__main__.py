@@ -9,7 +9,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from . import __version__
+from . import __version__, _bench
+from ._bench import fmt_time as _fmt
 from ._fast import EXTENSION_ACTIVE
 from .cache import CallableCache
 from .embedded import EmbeddedRedis
@@ -18,14 +19,6 @@ from .models import Account, Device, Region, User, now_ms
 from .remote import hiredis_available
 
 __all__ = ("main",)
-
-
-def _fmt(seconds: float) -> str:
-    if seconds < 1e-6:
-        return f"{seconds * 1e9:.0f} ns"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} µs"
-    return f"{seconds * 1e3:.2f} ms"
 
 
 async def _median(op: Callable[[], Awaitable[object]], n: int, inner: int = 1) -> float:
@@ -181,7 +174,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_bench = sub.add_parser(
         "bench", help="latencies beside the raw client, gated on ratios (docs/benchmarks.md)"
     )
-    from . import _bench
 
     _bench.add_arguments(p_bench)
     args = parser.parse_args(argv)
