@@ -54,6 +54,7 @@ def extensions() -> list:  # type: ignore[type-arg]
     exts = [Extension("cal_redis._fast._lru_c", ["src/cal_redis/_fast/_lru_c.pyx"])]
     return cythonize(
         exts,
+        build_dir="build/cython",  # generated C stays out of the package (and the wheel)
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,
