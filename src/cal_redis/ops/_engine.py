@@ -72,8 +72,9 @@ class Entities(Generic[T]):
         self.spec = spec
         self.cache = cache
         self.l1: LRUCache = cache.local[spec.namespace]
-        # In-flight loads: L1 key -> future of {key: value} (one future per batch).
-        self.flights: dict[Hashable, asyncio.Future[dict[Hashable, T | None]]] = {}
+        # In-flight loads: L1 key -> future of {key: value} (one future per batch), or
+        # None while a single-key load has had no joiner.
+        self.flights: dict[Hashable, asyncio.Future[dict[Hashable, T | None]] | None] = {}
         # Own writes whose echo has not come back yet: L1 key -> count. Foreign
         # events for such a key are older than our write and must not win.
         self.pending: dict[Hashable, int] = {}
@@ -125,15 +126,18 @@ class Entities(Generic[T]):
         hkey = self._global_hkey or self._hkey(account_id)
         key = (account_id, id_) if self.spec.scoped else id_
         flights = self.flights
-        flight = flights.get(key)
-        if flight is not None:
+        if key in flights:
             self.joins += 1
+            flight = flights[key]
+            if flight is None:  # the leader made no future yet: nobody had joined
+                flight = flights[key] = self._loop_future()
             try:
                 return (await asyncio.shield(flight))[key]
             except _LeaderCancelled:
                 return await self.load(account_id, id_)
-        flight = self._loop_future()
-        flights[key] = flight
+        # Lead the load. The future joiners wait on is created by the first joiner,
+        # so the common unjoined miss pays for none.
+        flights[key] = None
         l1 = self.l1
         token = l1.begin_fill()
         try:
@@ -155,20 +159,20 @@ class Entities(Generic[T]):
                     raise
                 if self.cache.fill_ok:
                     l1.set_if_fresh(key, value, len(raw) + self.cache.local.overhead, token)
-        except asyncio.CancelledError:
-            flight.set_exception(_LeaderCancelled())
-            flight.exception()
-            raise
         except BaseException as err:
-            flight.set_exception(err)
-            flight.exception()  # retrieved: joiners re-raise it, no "never retrieved" log
+            flight = flights.pop(key, None)
+            if flight is not None:
+                cancelled = isinstance(err, asyncio.CancelledError)
+                flight.set_exception(_LeaderCancelled() if cancelled else err)
+                flight.exception()  # retrieved: joiners re-raise it, no "never retrieved" log
             raise
         else:
-            flight.set_result({key: value})
+            flight = flights.pop(key, None)
+            if flight is not None:
+                flight.set_result({key: value})
             return value
         finally:
             l1.end_fill()
-            del flights[key]
 
     async def get_by_ident(self, account_id: str | None, ident: str) -> T | None:
         """Resolve an ident (hash ``*:idents`` → id) then get the entity, both cache-first.
@@ -270,6 +274,8 @@ class Entities(Generic[T]):
         if fetch:
             await self._fetch_batch(hkey, fetch, missing, out)
         for jkey in joined:
+            if jkey in flights and flights[jkey] is None:
+                flights[jkey] = self._loop_future()
             flight = flights.get(jkey)
             self.joins += 1
             try:
