@@ -15,45 +15,15 @@ import pytest
 
 import cal_redis._fast
 from cal_redis._fast import _lru_py
+from lru_support import FakeClock, counters
 
 NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
 T0 = 1000.0
 
 
-class FakeClock:
-    """A settable clock: returns ``t`` until told otherwise."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-        self.calls = 0
-
-    def __call__(self) -> float:
-        self.calls += 1
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-def counters(cache: Any) -> dict[str, int]:
-    return {
-        name: getattr(cache, name)
-        for name in (
-            "hits",
-            "misses",
-            "inserts",
-            "evictions",
-            "expirations",
-            "invalidations",
-            "rejections",
-            "stale_fills",
-        )
-    }
 
 
 def test_extension_active_when_not_disabled() -> None:

@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 )
 
 from cal_redis._fast import _lru_py
+from lru_support import COUNTERS, FakeClock
 
 NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
 MAX_EXAMPLES = 500
@@ -48,24 +49,6 @@ def _compiled_cls() -> Any:
     return _lru_c.LRUCache
 
 
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-COUNTERS = (
-    "hits",
-    "misses",
-    "inserts",
-    "evictions",
-    "expirations",
-    "invalidations",
-    "rejections",
-    "stale_fills",
-)
 
 
 class Model:
