@@ -189,6 +189,67 @@ async def test_batch_edge_cases(cache: CallableCache, raw: redis.Redis) -> None:
     assert calls(raw, "hmget") == 2  # all hits: no round trip
 
 
+async def test_batch_hits_duplicates_and_missing_together(cache: CallableCache, raw: redis.Redis) -> None:
+    for i in range(4):
+        await cache.set_user(user(i))
+    cache.local.flush_all()
+    await cache.get_user_by_id("u0")  # u0 in L1
+    raw.config_resetstat()
+    ids = ["u2", "u0", "gone", "u2", "u1", "gone", "u0", "u3"]
+    got = await cache.get_users_batch(ids)
+    assert [u.id if u else None for u in got] == ["u2", "u0", None, "u2", "u1", None, "u0", "u3"]
+    assert got[0] is got[3]  # one decode per id, shared
+    assert calls(raw, "hmget") == 1 and calls(raw, "hget") == 0
+    assert cache._users.flights == {}
+    l1_keys = cache.local["users"].keys()  # ident entries are tuples
+    assert sorted(k for k in l1_keys if isinstance(k, str)) == ["u0", "u1", "u2", "u3"]
+
+
+async def test_scoped_batch_keeps_accounts_apart(cache: CallableCache, raw: redis.Redis) -> None:
+    await cache.set_device("acc1", Device(id="d1", name="one"))
+    await cache.set_device("acc2", Device(id="d1", name="other account"))
+    await cache.set_device("acc1", Device(id="d2", name="two"))
+    cache.local.flush_all()
+    assert (await cache.get_device_by_id("acc1", "d2")).name == "two"  # type: ignore[union-attr]
+    got = await cache.get_devices_batch("acc1", ["d1", "d2", "d1", "d3"])
+    assert [d.name if d else None for d in got] == ["one", "two", "one", None]
+    got = await cache.get_devices_batch("acc2", ["d2", "d1"])
+    assert [d.name if d else None for d in got] == [None, "other account"]
+    raw.config_resetstat()
+    assert [d.name for d in await cache.get_devices_batch("acc1", ["d1", "d2"])] == ["one", "two"]  # type: ignore[union-attr]
+    assert calls(raw, "hmget") == 0  # all from L1, under the right account
+
+
+async def test_single_get_joins_an_in_flight_batch(cache: CallableCache, raw: redis.Redis) -> None:
+    for i in range(3):
+        await cache.set_user(user(i))
+    cache.local.flush_all()
+    raw.config_resetstat()
+    batch = asyncio.ensure_future(cache.get_users_batch(["u0", "u1", "u2", "gone"]))
+    await asyncio.sleep(0)  # the batch's HMGET is in flight
+    one, gone = await asyncio.gather(cache.get_user_by_id("u1"), cache.get_user_by_id("gone"))
+    assert one is not None and one.id == "u1" and gone is None
+    assert [u.id if u else None for u in await batch] == ["u0", "u1", "u2", None]
+    assert calls(raw, "hmget") == 1 and calls(raw, "hget") == 0
+    assert cache.stats()["single_flight_joins"] == 2
+
+
+async def test_overlapping_batches_fetch_each_key_once(cache: CallableCache, raw: redis.Redis) -> None:
+    for i in range(5):
+        await cache.set_user(user(i))
+    cache.local.flush_all()
+    raw.config_resetstat()
+    first = asyncio.ensure_future(cache.get_users_batch(["u0", "u1", "u2"]))
+    await asyncio.sleep(0)
+    second = await cache.get_users_batch(["u4", "u2", "u3", "u1", "u4"])
+    assert [u.id for u in second] == ["u4", "u2", "u3", "u1", "u4"]  # type: ignore[union-attr]
+    assert [u.id for u in await first] == ["u0", "u1", "u2"]  # type: ignore[union-attr]
+    assert calls(raw, "hmget") == 2
+    assert cache.stats()["single_flight_joins"] == 2  # u2 and u1 came from the first batch
+    assert cache._users.flights == {}
+    assert len(cache.local["users"]) == 5
+
+
 async def test_batch_10k(cache: CallableCache, raw: redis.Redis) -> None:
     pipe = raw.pipeline()
     for i in range(10_000):

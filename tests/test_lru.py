@@ -997,3 +997,142 @@ def test_reentrant_finalizers_keep_cache_consistent(lru_cls: Any, clock: FakeClo
     finally:
         if was_enabled:
             gc.enable()
+
+
+# --------------------------------------------------------------------------- bulk operations
+
+
+def test_get_many_is_get_in_order(lru_cls: Any, clock: FakeClock) -> None:
+    c = lru_cls(100, clock=clock)
+    c.set("a", 1, 1)
+    c.set("b", 2, 1, ttl=1.0)
+    c.set("c", 3, 1)
+    clock.advance(1.0)  # "b" is expired to the tick
+    assert c.get_many(["c", "x", "b", "a", "c"]) == [3, None, None, 1, 3]
+    assert c.keys() == ["c", "a"]  # bumped in order: the last read is the most recent
+    assert counters(c)["hits"] == 3
+    assert counters(c)["misses"] == 2
+    assert counters(c)["expirations"] == 1
+    assert c.get_many(iter(("a", "zz")), "dflt") == [1, "dflt"]  # any iterable
+    assert c.get_many([]) == []
+
+
+def test_get_many_unhashable_key(lru_cls: Any) -> None:
+    c = lru_cls(100)
+    c.set("a", 1, 1)
+    with pytest.raises(TypeError):
+        c.get_many(["a", ["unhashable"]])
+
+
+def test_get_many_survives_a_clock_that_mutates_the_cache(lru_cls: Any) -> None:
+    calls = 0
+
+    def clock() -> float:  # a user clock that empties the cache being read
+        nonlocal calls
+        calls += 1
+        if calls % 7 == 0:
+            c.invalidate_all()
+        return 0.0
+
+    c = lru_cls(100, 10.0, clock=clock)
+    ks = [f"k{i}" for i in range(50)]
+    for k in ks:
+        c.set(k, k.upper(), 1)
+    got = c.get_many(ks)
+    assert len(got) == len(ks)
+    assert all(v is None or v == k.upper() for k, v in zip(ks, got, strict=True))
+
+
+def test_set_many_if_fresh_is_set_if_fresh_in_order(lru_cls: Any) -> None:
+    c = lru_cls(100)
+    c.set("old", 0, 1)
+    token = c.begin_fill()
+    c.invalidate("fenced")
+    stored = c.set_many_if_fresh(["a", "fenced", "b", "a"], [1, 2, 3, 4], [1, 1, 1, 1], token)
+    # "fenced" was invalidated after the token; the second "a" is fenced by the first.
+    assert stored == 2
+    assert counters(c)["stale_fills"] == 2
+    c.end_fill()
+    assert c.keys() == ["b", "a", "old"]
+    assert c.get_many(["a", "b", "fenced"]) == [1, 3, None]
+    assert c.weight == 3
+
+
+def test_set_many_if_fresh_after_bulk_invalidation_stores_nothing(lru_cls: Any) -> None:
+    c = lru_cls(100)
+    token = c.begin_fill()
+    c.invalidate_all()
+    assert c.set_many_if_fresh(["a", "b"], [1, 2], [1, 1], token) == 0
+    assert counters(c)["stale_fills"] == 2
+    c.end_fill()
+    assert len(c) == 0
+
+
+def test_set_many_if_fresh_evicts_and_rejects_like_set(lru_cls: Any) -> None:
+    c = lru_cls(3, 5.0)
+    token = c.begin_fill()
+    stored = c.set_many_if_fresh(("a", "b", "huge", "c", "d"), (1, 2, 3, 4, 5), (1, 1, 9, 1, 1), token)
+    c.end_fill()
+    assert stored == 4
+    assert c.keys() == ["d", "c", "b"]
+    assert counters(c)["evictions"] == 1
+    assert counters(c)["rejections"] == 1
+
+
+@pytest.mark.parametrize(
+    ("ks", "vs", "ws", "token", "ttl", "error"),
+    [
+        (["a", "b"], [1], [1, 1], 0, None, ValueError),  # lengths differ
+        (["a", "b"], [1, 2], [1], 0, None, ValueError),
+        (["a", "b"], [1, 2], [1, -1], 0, None, ValueError),  # a bad weight, last
+        (["a", "b"], [1, 2], [1, "1"], 0, None, TypeError),
+        (["a", ["x"]], [1, 2], [1, 1], 0, None, TypeError),  # an unhashable key, last
+        (["a", "b"], [1, 2], [1, 1], 1.5, None, TypeError),  # token
+        (["a", "b"], [1, 2], [1, 1], 0, 0.0, ValueError),  # ttl
+        (["a", "b"], [1, 2], [1, 1], 0, "1", TypeError),
+    ],
+)
+def test_set_many_if_fresh_checks_everything_before_storing(
+    lru_cls: Any, ks: Any, vs: Any, ws: Any, token: Any, ttl: Any, error: type[Exception]
+) -> None:
+    c = lru_cls(100)
+    c.set("keep", 1, 1)
+    c.begin_fill()
+    before = (c.keys(), c.stats(), c.fence_size)
+    with pytest.raises(error):
+        c.set_many_if_fresh(ks, vs, ws, token, ttl)
+    assert (c.keys(), c.stats(), c.fence_size) == before  # nothing stored, nothing fenced
+
+
+def test_set_many_if_fresh_with_reentrant_finalizers(lru_cls: Any) -> None:
+    c = lru_cls(20)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for round_ in range(20):
+            ks = [i % 13 for i in range(round_, round_ + 15)]
+            token = c.begin_fill()
+            c.set_many_if_fresh(ks, [Finalized(c, k) for k in ks], [1 + k % 3 for k in ks], token)
+            c.end_fill()
+            assert c.weight <= 20
+            keys = c.keys()
+            assert len(keys) == len(c) == len(set(keys))
+        c.invalidate_all()
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def test_entries_cost_the_cyclic_gc_nothing(lru_cls: Any) -> None:
+    """A full L1 adds no work to every collection: no GC-tracked object per entry."""
+    c = lru_cls(1 << 30)
+    gc.collect()
+    before = len(gc.get_objects())
+    token = c.begin_fill()
+    c.set_many_if_fresh([f"k{i}" for i in range(5000)], list(range(5000)), [1] * 5000, token)
+    c.end_fill()
+    for i in range(5000):
+        c.set(("t", i), str(i), 1)
+    gc.collect()
+    assert len(c) == 10_000
+    assert len(gc.get_objects()) - before < 100

@@ -222,6 +222,21 @@ class Model:
             return False
         return self.set(key, value, weight, ttl)
 
+    def get_many(self, keys: list[Hashable], default: Any = None) -> list[Any]:
+        return [self.get(k, default) for k in keys]
+
+    def set_many_if_fresh(
+        self,
+        keys: list[Hashable],
+        values: list[Any],
+        weights: list[int],
+        token: int,
+        ttl: float | None = None,
+    ) -> int:
+        return sum(
+            self.set_if_fresh(k, v, w, token, ttl) for k, v, w in zip(keys, values, weights, strict=True)
+        )
+
     @property
     def fence_size(self) -> int:
         return len(self.fence)
@@ -348,6 +363,23 @@ class CacheMachine(RuleBasedStateMachine):
     ) -> None:
         token = self.tokens[pick % len(self.tokens)]  # possibly an ended fill's token
         self.apply(lambda c: c.set_if_fresh(key, value, weight, token, ttl))
+
+    @precondition(lambda self: bool(self.tokens))
+    @rule(
+        items=st.lists(st.tuples(keys, values, weights), max_size=6),
+        ttl=ttls,
+        pick=st.integers(0, 100),
+    )
+    def set_many_if_fresh(
+        self, items: list[tuple[Hashable, int, int]], ttl: float | None, pick: int
+    ) -> None:
+        token = self.tokens[pick % len(self.tokens)]
+        ks, vs, ws = [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]
+        self.apply(lambda c: c.set_many_if_fresh(ks, vs, ws, token, ttl))
+
+    @rule(ks=st.lists(keys, max_size=6))
+    def get_many(self, ks: list[Hashable]) -> None:
+        self.apply(lambda c: c.get_many(ks, "missing"))
 
     @rule()
     def end_fill(self) -> None:

@@ -58,6 +58,7 @@ cdef class LRUCache:
     cdef void _floor_all(self) noexcept
     cdef object _store(self, object key, object value, Py_ssize_t w, double ttl)
     cdef int _remove_key(self, object key) except -1
+    cdef object _get(self, object key, object default)
     cdef object _lookup_live(self, object key, object missing, bint touch)
     cdef dict _drop_all(self)
     cdef list _keys(self)

@@ -24,8 +24,10 @@ once the cache is consistent again, at the end of the operation.
 
 cimport cython
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError, PyDict_SetItem, PyDict_Size
+from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_AsLongLongAndOverflow
-from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from cpython.object cimport PyObject, PyObject_Hash
 from libc.math cimport INFINITY
 
 cdef extern from *:
@@ -76,6 +78,7 @@ def monotonic_coarse():
 
 @cython.final
 @cython.freelist(64)
+@cython.no_gc
 @cython.auto_pickle(False)
 cdef class _Entry:
     """Internal node: one cached value with its weight, deadline and list links."""
@@ -422,8 +425,7 @@ cdef class LRUCache:
 
     # ------------------------------------------------------------------ reads
 
-    def get(self, key, default=None):
-        """Return the live value for ``key`` (bumping it to most recent), else ``default``."""
+    cdef inline object _get(self, object key, object default):
         cdef PyObject* grave = NULL
         cdef PyObject* p = PyDict_GetItemWithError(self._map, key)
         cdef _Entry held
@@ -453,6 +455,22 @@ cdef class LRUCache:
             self._lru_push_front(p)
         self.hits += 1
         return (<_Entry>p).value
+
+    def get(self, key, default=None):
+        """Return the live value for ``key`` (bumping it to most recent), else ``default``."""
+        return self._get(key, default)
+
+    def get_many(self, keys, default=None):
+        """``[get(k, default) for k in keys]`` in one call (same order, counters, bumps)."""
+        # A private tuple: a user clock runs Python code, which must not resize it.
+        cdef tuple ks = tuple(keys)
+        cdef Py_ssize_t i, n = len(ks)
+        cdef list out = PyList_New(n)
+        for i in range(n):
+            v = self._get(ks[i], default)
+            Py_INCREF(v)
+            PyList_SET_ITEM(out, i, v)
+        return out
 
     def peek(self, key, default=None):
         """Like ``get`` without the recency bump and without counting a hit or miss."""
@@ -562,6 +580,40 @@ cdef class LRUCache:
             self.stale_fills += 1
             return False
         return self._store(key, value, w, t)
+
+    def set_many_if_fresh(self, keys, values, weights, token, ttl=None):
+        """``set_if_fresh`` of each ``(key, value, weight)`` in order; return how many stored."""
+        # Private tuples: freeing a replaced value may run Python code (see the module
+        # docstring), which must not resize what is being iterated.
+        cdef tuple ks = tuple(keys)
+        cdef tuple vs = tuple(values)
+        cdef tuple ws = tuple(weights)
+        cdef Py_ssize_t i, n = len(ks)
+        cdef Py_ssize_t stored = 0
+        cdef double t
+        cdef long long tok
+        cdef PyObject* f
+        if len(vs) != n or len(ws) != n:
+            raise ValueError(
+                f"keys, values and weights differ in length ({n}, {len(vs)}, {len(ws)})"
+            )
+        if ttl is None:
+            t = self._default_ttl
+        else:
+            t = _parse_ttl(ttl, "ttl")
+        tok = _parse_token(token)
+        for i in range(n):  # check everything first: an error stores nothing
+            _parse_weight(ws[i])
+        for i in range(n):
+            PyObject_Hash(ks[i])
+        for i in range(n):
+            key = ks[i]
+            f = PyDict_GetItemWithError(self._fence, key)
+            if tok < self._floor or (f is not NULL and <long long>(<object>f) > tok):
+                self.stale_fills += 1
+            elif self._store(key, vs[i], _parse_weight(ws[i]), t):
+                stored += 1
+        return stored
 
     @property
     def inflight(self):

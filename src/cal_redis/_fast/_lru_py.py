@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from heapq import heapify, heappop, heappush
 from itertools import count
 from typing import Any, Final, NoReturn, final
@@ -141,6 +141,15 @@ class LRUCache:
     method awaits or yields. Free-threaded (no-GIL) builds are out of scope for now.
     Keys may be any hashable objects (str, tuples, ...); an unhashable key raises
     :class:`TypeError`, as with :class:`dict`.
+
+    **Garbage collection.** The compiled module's entries are not tracked by the cyclic
+    garbage collector (here the entries are tuples, which the collector untracks once it
+    has seen they hold untracked objects), so a full cache adds no work to collections.
+    The cost: a value that refers back to the cache makes a cycle that is never
+    collected. The L1 stores decoded models, ids and tuples of them, which never do.
+
+    **Bulk calls.** :meth:`get_many` and :meth:`set_many_if_fresh` behave exactly like a
+    loop of :meth:`get` / :meth:`set_if_fresh`, in one call: the batch read path.
 
     **Complexity.** ``get``, ``peek``, ``in``, ``invalidate``, fills: O(1). ``set``: O(1)
     plus the evictions and expirations it performs. The compiled module inserts into its
@@ -354,6 +363,18 @@ class LRUCache:
         self._hits += 1
         return entry[0]
 
+    def get_many(self, keys: Iterable[Hashable], default: Any = None) -> list[Any]:
+        """:meth:`get` of every key in one call: ``[get(k, default) for k in keys]``.
+
+        Same values, order, recency bumps and counters as that loop; a batch read pays
+        one call instead of one per key.
+
+        Raises:
+            TypeError: a key is unhashable (keys before it have been read).
+        """
+        get = self.get
+        return [get(k, default) for k in tuple(keys)]
+
     def peek(self, key: Hashable, default: Any = None) -> Any:
         """Like :meth:`get`, without the recency bump and without counting a hit or miss.
 
@@ -532,6 +553,46 @@ class LRUCache:
             self._stale_fills += 1
             return False
         return self._store(key, value, w, t)
+
+    def set_many_if_fresh(
+        self,
+        keys: Iterable[Hashable],
+        values: Iterable[Any],
+        weights: Iterable[int],
+        token: int,
+        ttl: float | None = None,
+    ) -> int:
+        """:meth:`set_if_fresh` of each ``(key, value, weight)`` in order; return how many stored.
+
+        The bulk fill of one batch read (one ``begin_fill`` token for all of it). The
+        outcome is that of the loop, entry by entry, including a later duplicate of a
+        key being fenced by the earlier one. Every argument is checked before anything
+        is stored, so an error leaves the cache unchanged.
+
+        Raises:
+            ValueError: the three sequences differ in length, or as :meth:`set`.
+            TypeError: a key is unhashable, or as :meth:`set_if_fresh`.
+            OverflowError: as :meth:`set_if_fresh`.
+        """
+        ks, vs, ws = tuple(keys), tuple(values), tuple(weights)
+        if not len(ks) == len(vs) == len(ws):
+            raise ValueError(
+                f"keys, values and weights differ in length ({len(ks)}, {len(vs)}, {len(ws)})"
+            )
+        t = self._default_ttl if ttl is None else _parse_ttl(ttl, "ttl")
+        tok = _parse_token(token)
+        parsed = [_parse_weight(w) for w in ws]
+        for k in ks:
+            hash(k)
+        fence = self._fence
+        stored = 0
+        for k, v, w in zip(ks, vs, parsed, strict=True):
+            fenced = fence.get(k)
+            if tok < self._floor or (fenced is not None and fenced > tok):
+                self._stale_fills += 1
+            elif self._store(k, v, w, t):
+                stored += 1
+        return stored
 
     @property
     def inflight(self) -> int:

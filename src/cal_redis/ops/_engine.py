@@ -52,6 +52,22 @@ class _LeaderCancelled(Exception):
     """The task loading a key was cancelled; joiners retry on their own."""
 
 
+class _Found(Generic[T]):
+    """A batch's result for its joiners: ``found[key]``, mapped only if someone asks."""
+
+    __slots__ = ("_keys", "_map", "_values")
+
+    def __init__(self, keys: list[Hashable], values: list[T | None]) -> None:
+        self._keys = keys
+        self._values = values
+        self._map: dict[Hashable, T | None] | None = None
+
+    def __getitem__(self, key: Hashable) -> T | None:
+        if self._map is None:
+            self._map = dict(zip(self._keys, self._values, strict=True))
+        return self._map[key]
+
+
 class Entities(Generic[T]):
     """Cache-first operations of one entity over L1 and L2 (see the module docstring)."""
 
@@ -72,9 +88,9 @@ class Entities(Generic[T]):
         self.spec = spec
         self.cache = cache
         self.l1: LRUCache = cache.local[spec.namespace]
-        # In-flight loads: L1 key -> future of {key: value} (one future per batch), or
-        # None while a single-key load has had no joiner.
-        self.flights: dict[Hashable, asyncio.Future[dict[Hashable, T | None]] | None] = {}
+        # In-flight loads: L1 key -> future of the load's _Found (one future per batch),
+        # or None while a single-key load has had no joiner.
+        self.flights: dict[Hashable, asyncio.Future[_Found[T]] | None] = {}
         # Own writes whose echo has not come back yet: L1 key -> count. Foreign
         # events for such a key are older than our write and must not win.
         self.pending: dict[Hashable, int] = {}
@@ -84,7 +100,7 @@ class Entities(Generic[T]):
         self._id_arg = spec.kind.lower() + "_id"
         self._global_hkey = "" if spec.scoped else spec.hash_key(cache.keys, None)
 
-    def _loop_future(self) -> asyncio.Future[dict[Hashable, T | None]]:
+    def _loop_future(self) -> asyncio.Future[_Found[T]]:
         return asyncio.get_running_loop().create_future()
 
     # -- keys -------------------------------------------------------------------------
@@ -169,7 +185,7 @@ class Entities(Generic[T]):
         else:
             flight = flights.pop(key, None)
             if flight is not None:
-                flight.set_result({key: value})
+                flight.set_result(_Found([key], [value]))
             return value
         finally:
             l1.end_fill()
@@ -239,41 +255,60 @@ class Entities(Generic[T]):
         """
         if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
             raise ValidationError("ids", f"expected a sequence of ids, got {type(ids).__name__}")
-        out: list[T | None] = [None] * len(ids)
-        l1get = self.l1.get
+        id_list: list[Any] = ids if type(ids) is list else list(ids)
         scoped = self.spec.scoped
-        missing: dict[Hashable, list[int]] = {}
-        for i, id_ in enumerate(ids):
-            key = (account_id, id_) if scoped else id_
-            try:
-                hit = l1get(key)
-            except TypeError:
-                validate_id(id_, f"ids[{i}]")  # unhashable: not a str
-                raise
-            if hit is not None:
-                out[i] = hit
-            elif key in missing:
-                missing[key].append(i)
-            else:
-                missing[key] = [i]
-        if not missing:
-            return out
-        miss_ids: list[object] = [k[1] for k in missing] if scoped else list(missing)  # type: ignore[index]
+        keys: list[Hashable] = [(account_id, i) for i in id_list] if scoped else id_list
         try:
-            validate_ids(miss_ids, "ids")
+            out: list[T | None] = self.l1.get_many(keys)
+        except TypeError:
+            validate_ids(id_list, "ids")  # names the unhashable (non-str) id
+            raise
+        n_miss = out.count(None)
+        if not n_miss:
+            return out
+        # The misses: their keys, each once, and where they go in ``out`` (``pos`` None:
+        # everywhere, in order); ``dups``: later positions of a key asked for twice.
+        pos: list[int] | None = None
+        mkeys = keys
+        if n_miss != len(out):
+            pos = [i for i, v in enumerate(out) if v is None]
+            mkeys = [keys[i] for i in pos]
+        dups: list[tuple[int, list[int]]] = []
+        if len(set(mkeys)) != len(mkeys):
+            first: dict[Hashable, list[int]] = {}
+            for i, k in zip(range(len(out)) if pos is None else pos, mkeys, strict=True):
+                first.setdefault(k, []).append(i)
+            mkeys = list(first)
+            pos = [p[0] for p in first.values()]
+            dups = [(p[0], p[1:]) for p in first.values() if len(p) > 1]
+        mids: list[object] = [k[1] for k in mkeys] if scoped else mkeys  # type: ignore[index]
+        try:
+            validate_ids(mids, "ids")
         except ValidationError:
-            for mkey, slots in missing.items():  # name the position in the caller's list
-                validate_id(mkey[1] if scoped else mkey, f"ids[{slots[0]}]")  # type: ignore[index]
+            for i, id_ in zip(range(len(out)) if pos is None else pos, mids, strict=True):
+                validate_id(id_, f"ids[{i}]")  # name the position in the caller's list
             raise
         hkey = self._global_hkey or self._hkey(account_id)
         flights = self.flights
-        joined: list[Hashable] = []
-        fetch: list[Hashable] = []
-        for mkey in missing:
-            (joined if mkey in flights else fetch).append(mkey)
-        if fetch:
-            await self._fetch_batch(hkey, fetch, missing, out)
-        for jkey in joined:
+        joined: list[tuple[int, Hashable]] = []
+        if flights and any(k in flights for k in mkeys):
+            fetch_pos: list[int] = []
+            fetch: list[Hashable] = []
+            for i, k in zip(range(len(out)) if pos is None else pos, mkeys, strict=True):
+                if k in flights:
+                    joined.append((i, k))
+                else:
+                    fetch_pos.append(i)
+                    fetch.append(k)
+            pos, mkeys = fetch_pos, fetch
+        if mkeys:
+            values = await self._fetch_batch(hkey, mkeys)
+            if pos is None:
+                out = values  # every id missed, each once: already in the caller's order
+            else:
+                for i, value in zip(pos, values, strict=True):
+                    out[i] = value
+        for i, jkey in joined:
             if jkey in flights and flights[jkey] is None:
                 flights[jkey] = self._loop_future()
             flight = flights.get(jkey)
@@ -285,25 +320,20 @@ class Entities(Generic[T]):
             if flight is None:  # finished or cancelled meanwhile: load on our own
                 jid: Any = jkey[1] if scoped else jkey  # type: ignore[index]
                 value = await self.get(account_id, jid)
-            for i in missing[jkey]:
-                out[i] = value
+            out[i] = value
+        for i, later in dups:
+            for j in later:
+                out[j] = out[i]
         return out
 
-    async def _fetch_batch(
-        self,
-        hkey: str,
-        fetch: list[Hashable],
-        missing: dict[Hashable, list[int]],
-        out: list[T | None],
-    ) -> None:
-        ids = [k[1] for k in fetch] if self.spec.scoped else fetch  # type: ignore[index]
+    async def _fetch_batch(self, hkey: str, keys: list[Hashable]) -> list[T | None]:
+        """One HMGET of ``keys`` (none in flight), decoded in order; fills L1, fenced."""
+        ids = [k[1] for k in keys] if self.spec.scoped else keys  # type: ignore[index]
         flights = self.flights
         flight = self._loop_future()  # one future for the whole batch
-        for key in fetch:
-            flights[key] = flight
+        flights.update(dict.fromkeys(keys, flight))
         l1 = self.l1
         token = l1.begin_fill()
-        found: dict[Hashable, T | None] = {}
         try:
             remote = self.cache.remote
             remote.round_trips += 1
@@ -315,33 +345,39 @@ class Entities(Generic[T]):
                 remote.errors += 1
                 raise map_redis_error(err, "HMGET " + hkey) from err
             decode = self._decode
-            fill = self.cache.fill_ok
-            overhead = self.cache.local.overhead
-            set_if_fresh = l1.set_if_fresh
             try:
-                for key, raw in zip(fetch, raws, strict=True):
-                    if raw is None:
-                        found[key] = None
-                        continue
-                    value = decode(raw)
-                    found[key] = value
-                    for i in missing[key]:
-                        out[i] = value
-                    if fill:
-                        set_if_fresh(key, value, len(raw) + overhead, token)
+                values: list[T | None] = [None if r is None else decode(r) for r in raws]
             except (msgspec.DecodeError, msgspec.ValidationError):
                 codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)  # type: ignore[arg-type]
                 raise
+            if self.cache.fill_ok:
+                overhead = self.cache.local.overhead
+                if None in values:
+                    got = [j for j, r in enumerate(raws) if r is not None]
+                    l1.set_many_if_fresh(
+                        [keys[j] for j in got],
+                        [values[j] for j in got],
+                        [len(raws[j]) + overhead for j in got],  # type: ignore[arg-type]
+                        token,
+                    )
+                else:
+                    l1.set_many_if_fresh(
+                        keys, values, [len(r) + overhead for r in raws], token  # type: ignore[arg-type]
+                    )
         except BaseException as err:
             flight.set_exception(_LeaderCancelled() if isinstance(err, asyncio.CancelledError) else err)
             flight.exception()
             raise
         else:
-            flight.set_result(found)
+            flight.set_result(_Found(keys, values))
+            return values
         finally:
             l1.end_fill()
-            for key in fetch:
-                del flights[key]
+            if len(flights) == len(keys):
+                flights.clear()  # only this batch was in flight
+            else:
+                for key in keys:
+                    del flights[key]
 
     # -- writes -----------------------------------------------------------------------
     async def set(self, account_id: str | None, obj: T) -> T:
