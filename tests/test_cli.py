@@ -12,6 +12,7 @@ def test_doctor(redis_server: EmbeddedRedis, redis_url: str, capsys: pytest.Capt
     assert main(["doctor", "--url", redis_url]) == 0
     out = capsys.readouterr().out
     assert "hiredis parser   yes" in out
+    assert "command packing  hiredis" in out
     assert f"redis server     {redis_server.version}" in out
     assert "L1 extension" in out
 

@@ -141,7 +141,29 @@ def test_validate_ids_batch_names_the_first_bad_position() -> None:
         assert info.value.argument == f"ids[{pos}]"
 
 
-@given(st.lists(st.text(max_size=12), max_size=8))
+@given(st.text(st.characters(max_codepoint=0xA0), max_size=6) | st.sampled_from(" :*?[]{}\x7f\t"))
+def test_validate_ids_agrees_with_validate_id_per_character(value: str) -> None:
+    from cal_redis.keys import validate_ids
+
+    try:
+        validate_id(value, "x")
+        expected_ok = True
+    except ValidationError:
+        expected_ok = False
+    try:
+        validate_ids(["ok", value + "a"], "ids")
+        ok = True
+    except ValidationError as err:
+        assert err.argument == "ids[1]"
+        ok = False
+    assert ok == (expected_ok or value == "")
+
+
+@given(
+    st.lists(
+        st.text(max_size=12) | st.text(st.characters(max_codepoint=127), max_size=12), max_size=8
+    )
+)
 def test_validate_ids_agrees_with_validate_id(values: list[str]) -> None:
     from cal_redis.keys import validate_ids
 

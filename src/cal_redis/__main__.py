@@ -9,6 +9,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from redis.asyncio.connection import Connection
+
 from . import __version__, _bench
 from ._bench import fmt_time as _fmt
 from ._fast import EXTENSION_ACTIVE
@@ -16,7 +18,7 @@ from .cache import CallableCache
 from .embedded import EmbeddedRedis
 from .errors import CalRedisError
 from .models import Account, Device, Region, User, now_ms
-from .remote import hiredis_available
+from .remote import hiredis_available, hiredis_packing
 
 __all__ = ("main",)
 
@@ -133,6 +135,8 @@ async def _doctor(url: str | None) -> int:
     print(f"python           {sys.version.split()[0]}")
     print(f"L1 extension     {'active (Cython)' if EXTENSION_ACTIVE else 'INACTIVE (pure Python)'}")
     print(f"hiredis parser   {'yes' if hiredis_available() else 'NO (pip install hiredis)'}")
+    packed = hiredis_packing(Connection) is not Connection
+    print(f"command packing  {'hiredis' if packed else 'redis-py (Python; pip install hiredis)'}")
     try:
         import redis
 

@@ -4,6 +4,14 @@ redis-py's own retry is switched off: it would also retry non-idempotent writes
 (a ``ZPOPMIN`` retried after a lost reply pops twice). Reads go through
 :meth:`Remote.read`, which retries connection errors with exponential backoff;
 writes go through :meth:`Remote.write`, which never retries.
+
+Commands are packed by hiredis. redis-py's synchronous client already does this,
+but its asyncio connections pack every command in Python. That costs about 5 µs for
+an HGET and about 1 ms for an HMGET of 1,000 ids (it copies the growing buffer once
+per argument). The pool's connection class is swapped for a subclass whose
+``pack_command`` calls ``hiredis.pack_command``; arguments hiredis does not take
+(``bytearray``, and ``bool``/``None``, which redis-py rejects) go through redis-py's
+own code, so the bytes sent and the errors raised stay exactly redis-py's.
 """
 
 from __future__ import annotations
@@ -15,13 +23,20 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import errors
 from .config import CacheConfig
 
-__all__ = ("RETRYABLE", "Remote", "map_redis_error", "hiredis_available")
+__all__ = (
+    "RETRYABLE",
+    "Remote",
+    "hiredis_available",
+    "hiredis_packing",
+    "map_redis_error",
+)
 
 log = logging.getLogger("cal_redis.remote")
 T = TypeVar("T")
@@ -34,6 +49,56 @@ def hiredis_available() -> bool:
     except ImportError:  # pragma: no cover
         return False
     return bool(HIREDIS_AVAILABLE)
+
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency
+    _hiredis_pack = None
+
+_packing_classes: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` with commands packed by hiredis (see the module docstring).
+
+    Returns ``cls`` itself when hiredis is missing. One subclass per class, made once.
+    """
+    if _hiredis_pack is None or getattr(cls, "_cal_hiredis_packing", False):
+        return cls
+    made = _packing_classes.get(cls)
+    if made is None:
+        pack = _hiredis_pack
+
+        def pack_command(self: Any, *args: Any) -> list[bytes]:
+            encoder = self.encoder
+            if encoder.encoding != "utf-8" or encoder.encoding_errors != "strict":
+                return cls.pack_command(self, *args)
+            name = args[0]
+            if isinstance(name, str):  # "CLIENT KILL" is two arguments, as in redis-py
+                parts = (*name.encode().split(), *args[1:])
+            elif b" " in name:
+                parts = (*name.split(), *args[1:])
+            else:
+                parts = args
+            try:
+                return [pack(parts)]
+            except TypeError:  # an argument hiredis does not take: redis-py's own path
+                return cls.pack_command(self, *args)
+
+        made = type(
+            cls.__name__,
+            (cls,),
+            {
+                "pack_command": pack_command,
+                "_cal_hiredis_packing": True,
+                "__module__": __name__,
+                "__doc__": f"{cls.__name__} with commands packed by hiredis.",
+            },
+        )
+        _packing_classes[cls] = made
+    return made
 
 
 def map_redis_error(err: BaseException, what: str) -> errors.CalRedisError:
@@ -71,6 +136,8 @@ class Remote:
             )
         except ValueError as err:
             raise errors.ConfigurationError(f"invalid Redis URL {url!r}: {err}") from err
+        pool = self.client.connection_pool
+        pool.connection_class = hiredis_packing(pool.connection_class)  # before any connection
         self.round_trips = 0
         self.errors = 0
         self.retries = 0
