@@ -1079,6 +1079,22 @@ def test_set_many_if_fresh_evicts_and_rejects_like_set(lru_cls: Any) -> None:
     assert counters(c)["rejections"] == 1
 
 
+def test_set_many_if_fresh_extra_weight(lru_cls: Any) -> None:
+    c = lru_cls(10)
+    token = c.begin_fill()
+    assert c.set_many_if_fresh(["a", "b", "c"], [1, 2, 3], [0, 2, 8], token, extra_weight=3) == 2
+    c.end_fill()
+    assert c.keys() == ["b", "a"]  # "c" weighs 8 + 3 > budget: rejected
+    assert c.weight == 3 + 5
+    assert counters(c)["rejections"] == 1
+    token = c.begin_fill()
+    assert c.set_many_if_fresh(["d"], [4], [1], token, extra_weight=2**63) == 0  # no overflow
+    with pytest.raises(ValueError, match="weight"):
+        c.set_many_if_fresh(["d"], [4], [1], token, extra_weight=-1)
+    with pytest.raises(TypeError, match="weight"):
+        c.set_many_if_fresh(["d"], [4], [1], token, extra_weight=1.0)
+
+
 @pytest.mark.parametrize(
     ("ks", "vs", "ws", "token", "ttl", "error"),
     [

@@ -232,9 +232,12 @@ class Model:
         weights: list[int],
         token: int,
         ttl: float | None = None,
+        *,
+        extra_weight: int = 0,
     ) -> int:
         return sum(
-            self.set_if_fresh(k, v, w, token, ttl) for k, v, w in zip(keys, values, weights, strict=True)
+            self.set_if_fresh(k, v, w + extra_weight, token, ttl)
+            for k, v, w in zip(keys, values, weights, strict=True)
         )
 
     @property
@@ -369,13 +372,14 @@ class CacheMachine(RuleBasedStateMachine):
         items=st.lists(st.tuples(keys, values, weights), max_size=6),
         ttl=ttls,
         pick=st.integers(0, 100),
+        extra=st.integers(0, 3),
     )
     def set_many_if_fresh(
-        self, items: list[tuple[Hashable, int, int]], ttl: float | None, pick: int
+        self, items: list[tuple[Hashable, int, int]], ttl: float | None, pick: int, extra: int
     ) -> None:
         token = self.tokens[pick % len(self.tokens)]
         ks, vs, ws = [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]
-        self.apply(lambda c: c.set_many_if_fresh(ks, vs, ws, token, ttl))
+        self.apply(lambda c: c.set_many_if_fresh(ks, vs, ws, token, ttl, extra_weight=extra))
 
     @rule(ks=st.lists(keys, max_size=6))
     def get_many(self, ks: list[Hashable]) -> None:

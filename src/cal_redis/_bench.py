@@ -33,6 +33,7 @@ from ._bench_scenarios import (
     cache_scenarios,
     ops_scenarios,
     seed_users,
+    stock_client,
 )
 from .cache import CallableCache
 
@@ -183,10 +184,12 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
     """Run every scenario against the Redis at ``url``; return the report as a dict."""
     t_start = time.perf_counter()
     cache = await CallableCache.connect(url, config=BENCH_CONFIG)
+    stock = None
     try:
         await cache.remote.client.flushdb()
         ids = await seed_users(cache, N_USERS)
-        scenarios = cache_scenarios(cache, ids) + ops_scenarios(cache)
+        stock = stock_client(cache)
+        scenarios = cache_scenarios(cache, ids, stock) + ops_scenarios(cache, stock)
         total = len(scenarios) + 1  # + event propagation
         results: list[Result] = []
         for i, sc in enumerate(scenarios, 1):
@@ -199,6 +202,8 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
             results.extend(_results(sc, samples, trips))
         machine = _machine(await cache.remote.server_version())
     finally:
+        if stock is not None:
+            await stock.aclose()
         await cache.close()  # before propagation: its subscriber would see those events
     progress(f"[{total}/{total}] event propagation")
     events, warmup = (300, 50) if quick else (2000, 200)

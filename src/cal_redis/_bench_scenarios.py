@@ -8,6 +8,12 @@ timed region, between ``perf_counter`` reads. Nanosecond-scale sides (L1 hits) t
 block of calls per sample and return the block mean, since a clock read costs about as
 much as the call. The runner (:mod:`cal_redis._bench`) alternates the sides round by
 round (A B, B A, ...) so drift of a noisy machine hits both alike.
+
+Baselines are redis-py as a user would call it by hand: a stock ``redis.asyncio``
+client (``stock``: same server, same hiredis reply parser, redis-py's own command
+packing). cal-redis's own client packs commands with hiredis (see
+:mod:`cal_redis.remote`), so the L2 and batch scenarios also time the same commands
+sent on cal-redis's client (``raw``): that row isolates what the cache layers add.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 import msgspec
+import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from . import codec
@@ -34,6 +41,7 @@ __all__ = (
     "Side",
     "make_user",
     "seed_users",
+    "stock_client",
     "cache_scenarios",
     "ops_scenarios",
 )
@@ -111,6 +119,11 @@ async def seed_users(cache: CallableCache, n: int = N_USERS) -> list[str]:
     return ids
 
 
+def stock_client(cache: CallableCache) -> aioredis.Redis:
+    """A stock redis.asyncio client to the cache's server: the hand-written baseline."""
+    return aioredis.Redis.from_url(cache.remote.url, protocol=cache.remote.config.protocol)
+
+
 def _cycle(ids: list[str]) -> Callable[[], str]:
     state = [0]
     n = len(ids)
@@ -123,8 +136,10 @@ def _cycle(ids: list[str]) -> Callable[[], str]:
     return nxt
 
 
-def cache_scenarios(cache: CallableCache, ids: list[str]) -> list[Scenario]:
-    """The cache-level scenarios over ``ids`` (already in Redis)."""
+def cache_scenarios(
+    cache: CallableCache, ids: list[str], stock: aioredis.Redis
+) -> list[Scenario]:
+    """The cache-level scenarios over ``ids`` (already in Redis); ``stock``: the baseline client."""
     client = cache.remote.client
     l1 = cache.local["users"]
     dec = msgspec.json.Decoder(User).decode
@@ -186,16 +201,21 @@ def cache_scenarios(cache: CallableCache, ids: list[str]) -> list[Scenario]:
             out.append(perf_counter() - t0)
         return out
 
-    async def raw_l2(n: int) -> list[float]:
-        out = []
-        hget = client.hget
-        for _ in range(n):
-            k = nxt()
-            t0 = perf_counter()
-            raw = await hget(USER_HASH, k)
-            dec(raw)  # type: ignore[arg-type]
-            out.append(perf_counter() - t0)
-        return out
+    def hget_side(redis_client: aioredis.Redis) -> Side:
+        async def side(n: int) -> list[float]:
+            out = []
+            hget = redis_client.hget
+            for _ in range(n):
+                k = nxt()
+                t0 = perf_counter()
+                raw = await hget(USER_HASH, k)
+                dec(raw)  # type: ignore[arg-type]
+                out.append(perf_counter() - t0)
+            return out
+
+        return side
+
+    raw_l2, stock_l2 = hget_side(client), hget_side(stock)
 
     cold = _cycle(shuffled)
 
@@ -227,15 +247,18 @@ def cache_scenarios(cache: CallableCache, ids: list[str]) -> list[Scenario]:
                 out.append(perf_counter() - t0)
             return out
 
-        async def raw(n: int) -> list[float]:
-            out = []
-            for _ in range(n):
-                w = windows[int(nxt_w())]
-                t0 = perf_counter()
-                raws = await client.hmget(USER_HASH, w)
-                [dec(r) for r in raws]  # type: ignore[arg-type]
-                out.append(perf_counter() - t0)
-            return out
+        def hmget_side(redis_client: aioredis.Redis) -> Side:
+            async def side(n: int) -> list[float]:
+                out = []
+                for _ in range(n):
+                    w = windows[int(nxt_w())]
+                    t0 = perf_counter()
+                    raws = await redis_client.hmget(USER_HASH, w)
+                    [dec(r) for r in raws]  # type: ignore[arg-type]
+                    out.append(perf_counter() - t0)
+                return out
+
+            return side
 
         async def seq(n: int) -> list[float]:
             out = []
@@ -249,13 +272,16 @@ def cache_scenarios(cache: CallableCache, ids: list[str]) -> list[Scenario]:
                 out.append(perf_counter() - t0)
             return out
 
-        return {"ours": ours, "raw": raw, "seq": seq}
+        return {"ours": ours, "stock": hmget_side(stock), "raw": hmget_side(client), "seq": seq}
 
-    def batch_rows(size: int, gate: float, seq_gate: float) -> list[Row]:
+    def batch_rows(size: int, gate: float, layer_gate: float, seq_gate: float) -> list[Row]:
         return [
-            Row(f"batch{size}", f"get_users_batch({size}), all L2", "ours", "raw",
-                f"HMGET of {size} + msgspec decode per item", gate, goal=1.05,
+            Row(f"batch{size}", f"get_users_batch({size}), all L2", "ours", "stock",
+                f"redis-py HMGET of {size} + msgspec decode per item", gate, goal=1.05,
                 gate_py=gate + 0.8),
+            Row(f"batch{size}_layer", "  same, layers only", "ours", "raw",
+                "that HMGET + decode on cal-redis's own (hiredis-packed) client", layer_gate,
+                gate_py=layer_gate + 1.2),
             Row(f"batch{size}_vs_seq", f"  same vs {size} x get_user_by_id (L2)", "ours", "seq",
                 f"{size} sequential get_user_by_id, all L2", seq_gate),
         ]
@@ -282,34 +308,36 @@ def cache_scenarios(cache: CallableCache, ids: list[str]) -> list[Scenario]:
         ),
         Scenario(
             "L1 miss, L2 hit",
-            {"ours": ours_l2, "raw": raw_l2},
-            [Row("l2_hit", "L1 miss, L2 hit: get_user_by_id", "ours", "raw",
-                 "HGET + msgspec typed decode, same client", 1.45, goal=1.05,
-                 seed=l2_seed, seed_text="1-5 ms")],
+            {"ours": ours_l2, "stock": stock_l2, "raw": raw_l2},
+            [Row("l2_hit", "L1 miss, L2 hit: get_user_by_id", "ours", "stock",
+                 "redis-py HGET + msgspec typed decode", 1.45, goal=1.05,
+                 seed=l2_seed, seed_text="1-5 ms"),
+             Row("l2_layer", "  same, layers only", "ours", "raw",
+                 "that HGET + decode on cal-redis's own (hiredis-packed) client", 1.45)],
             rounds=(50, 300), per_round=50, warmup=1,
         ),
         Scenario(
             "cache miss + fetch + fill",
-            {"ours": ours_cold, "raw": raw_l2},
-            [Row("miss_fill", "miss + fetch + fill (cold key)", "ours", "raw",
-                 "HGET + msgspec typed decode, same client", 1.35,
+            {"ours": ours_cold, "stock": stock_l2},
+            [Row("miss_fill", "miss + fetch + fill (cold key)", "ours", "stock",
+                 "redis-py HGET + msgspec typed decode", 1.35,
                  seed=miss_seed, seed_text="2-10 ms")],
             rounds=(50, 300), per_round=50, warmup=1,
         ),
         Scenario(
-            "get_users_batch(100)", batch_sides(100), batch_rows(100, 2.05, 0.2),
+            "get_users_batch(100)", batch_sides(100), batch_rows(100, 2.05, 2.05, 0.2),
             rounds=(60, 300), per_round=8, side_n={"seq": 1},
         ),
         Scenario(
-            "get_users_batch(1000)", batch_sides(1000), batch_rows(1000, 2.45, 0.2),
+            "get_users_batch(1000)", batch_sides(1000), batch_rows(1000, 2.45, 2.45, 0.2),
             rounds=(14, 60), per_round=3, side_n={"seq": 1},
         ),
     ]
 
 
-def ops_scenarios(cache: CallableCache) -> list[Scenario]:
-    """Direct-Redis operations beside the same Redis commands sent with redis-py by hand."""
-    client = cache.remote.client
+def ops_scenarios(cache: CallableCache, stock: aioredis.Redis) -> list[Scenario]:
+    """Direct-Redis operations beside the same commands sent by hand on ``stock``."""
+    client = stock
     keys = cache.keys
     acc, queue = "acc-bench", "support"
     qkey = keys.queue(acc, queue)

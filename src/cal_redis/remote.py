@@ -119,7 +119,7 @@ RETRYABLE = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 class Remote:
     """One redis.asyncio client (pool) plus counters; see the module docstring."""
 
-    __slots__ = ("client", "config", "errors", "retries", "round_trips", "url")
+    __slots__ = ("client", "config", "errors", "retries", "round_trips", "untyped", "url")
 
     def __init__(self, url: str, config: CacheConfig) -> None:
         self.url = url
@@ -138,15 +138,14 @@ class Remote:
             raise errors.ConfigurationError(f"invalid Redis URL {url!r}: {err}") from err
         pool = self.client.connection_pool
         pool.connection_class = hiredis_packing(pool.connection_class)  # before any connection
+        #: The client, untyped: replies are bytes (``decode_responses=False``), which
+        #: redis-py's annotations cannot express, so callers annotate each reply. An
+        #: attribute, not a property: the L2 hit path reads it on every miss.
+        self.untyped: Any = self.client
         self.round_trips = 0
         self.errors = 0
         self.retries = 0
 
-    @property
-    def untyped(self) -> Any:
-        """The client, untyped: replies are bytes (``decode_responses=False``), which
-        redis-py's annotations cannot express, so callers annotate each reply."""
-        return self.client
 
     async def read(
         self, what: str, call: Callable[[], Awaitable[T]], *, retries: int | None = None

@@ -118,6 +118,13 @@ cdef inline Py_ssize_t _parse_weight(object weight) except -2:
     return <Py_ssize_t>v
 
 
+cdef inline Py_ssize_t _add_weights(Py_ssize_t a, Py_ssize_t b) noexcept:
+    """Sum of two parsed weights; -1 (over any budget) when either is, or on overflow."""
+    if a < 0 or b < 0 or a > CALR_SSIZE_MAX - b:
+        return -1
+    return a + b
+
+
 cdef double _parse_ttl(object ttl, str name) except -1.0:
     cdef double t
     if not isinstance(ttl, (int, float)):
@@ -581,8 +588,9 @@ cdef class LRUCache:
             return False
         return self._store(key, value, w, t)
 
-    def set_many_if_fresh(self, keys, values, weights, token, ttl=None):
-        """``set_if_fresh`` of each ``(key, value, weight)`` in order; return how many stored."""
+    def set_many_if_fresh(self, keys, values, weights, token, ttl=None, *, extra_weight=0):
+        """``set_if_fresh`` of each ``(key, value, weight + extra_weight)`` in order; return
+        how many were stored."""
         # Private tuples: freeing a replaced value may run Python code (see the module
         # docstring), which must not resize what is being iterated.
         cdef tuple ks = tuple(keys)
@@ -590,6 +598,7 @@ cdef class LRUCache:
         cdef tuple ws = tuple(weights)
         cdef Py_ssize_t i, n = len(ks)
         cdef Py_ssize_t stored = 0
+        cdef Py_ssize_t extra
         cdef double t
         cdef long long tok
         cdef PyObject* f
@@ -597,6 +606,7 @@ cdef class LRUCache:
             raise ValueError(
                 f"keys, values and weights differ in length ({n}, {len(vs)}, {len(ws)})"
             )
+        extra = _parse_weight(extra_weight)
         if ttl is None:
             t = self._default_ttl
         else:
@@ -611,7 +621,7 @@ cdef class LRUCache:
             f = PyDict_GetItemWithError(self._fence, key)
             if tok < self._floor or (f is not NULL and <long long>(<object>f) > tok):
                 self.stale_fills += 1
-            elif self._store(key, vs[i], _parse_weight(ws[i]), t):
+            elif self._store(key, vs[i], _add_weights(_parse_weight(ws[i]), extra), t):
                 stored += 1
         return stored
 

@@ -561,8 +561,13 @@ class LRUCache:
         weights: Iterable[int],
         token: int,
         ttl: float | None = None,
+        *,
+        extra_weight: int = 0,
     ) -> int:
-        """:meth:`set_if_fresh` of each ``(key, value, weight)`` in order; return how many stored.
+        """:meth:`set_if_fresh` of each ``(key, value, weight + extra_weight)`` in order.
+
+        Returns how many entries were stored. ``extra_weight`` is added to every weight
+        (a fixed per-entry overhead), so callers can pass plain sizes.
 
         The bulk fill of one batch read (one ``begin_fill`` token for all of it). The
         outcome is that of the loop, entry by entry, including a later duplicate of a
@@ -579,9 +584,10 @@ class LRUCache:
             raise ValueError(
                 f"keys, values and weights differ in length ({len(ks)}, {len(vs)}, {len(ws)})"
             )
+        extra = _parse_weight(extra_weight)
         t = self._default_ttl if ttl is None else _parse_ttl(ttl, "ttl")
         tok = _parse_token(token)
-        parsed = [_parse_weight(w) for w in ws]
+        parsed = [_parse_weight(w) + extra for w in ws]
         for k in ks:
             hash(k)
         fence = self._fence

@@ -352,18 +352,19 @@ class Entities(Generic[T]):
                 raise
             if self.cache.fill_ok:
                 overhead = self.cache.local.overhead
-                if None in values:
+                try:
+                    sizes = list(map(len, raws))  # type: ignore[arg-type]
+                except TypeError:  # some ids are missing (None): fill the others
                     got = [j for j, r in enumerate(raws) if r is not None]
                     l1.set_many_if_fresh(
                         [keys[j] for j in got],
                         [values[j] for j in got],
-                        [len(raws[j]) + overhead for j in got],  # type: ignore[arg-type]
+                        [len(raws[j]) for j in got],  # type: ignore[arg-type]
                         token,
+                        extra_weight=overhead,
                     )
                 else:
-                    l1.set_many_if_fresh(
-                        keys, values, [len(r) + overhead for r in raws], token  # type: ignore[arg-type]
-                    )
+                    l1.set_many_if_fresh(keys, values, sizes, token, extra_weight=overhead)
         except BaseException as err:
             flight.set_exception(_LeaderCancelled() if isinstance(err, asyncio.CancelledError) else err)
             flight.exception()
