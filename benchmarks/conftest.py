@@ -14,9 +14,10 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from cal_redis import CallableCache
-from cal_redis._bench_scenarios import BENCH_CONFIG, N_USERS, seed_users
+from cal_redis._bench_scenarios import BENCH_CONFIG, N_USERS, seed_users, stock_client
 from cal_redis.embedded import EmbeddedRedis
 
 
@@ -55,6 +56,14 @@ def cache(loop: asyncio.AbstractEventLoop, redis_server: EmbeddedRedis) -> Itera
     cache = loop.run_until_complete(CallableCache.connect(redis_server.url, config=BENCH_CONFIG))
     yield cache
     loop.run_until_complete(cache.close())
+
+
+@pytest.fixture(scope="session")
+def stock(loop: asyncio.AbstractEventLoop, cache: CallableCache) -> Iterator[aioredis.Redis]:
+    """A stock redis.asyncio client on the same server: the hand-written baseline."""
+    client = stock_client(cache)
+    yield client
+    loop.run_until_complete(client.aclose())
 
 
 @pytest.fixture(scope="session")
