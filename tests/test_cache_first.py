@@ -80,6 +80,10 @@ async def test_missing_entity_is_none(cache: CallableCache) -> None:
         ("get_device", ("acc1", "d?"), "device_id"),
         ("get_devices", ("acc]",), "account_id"),
         ("get_users_batch", (["u1", "u:2"],), "ids[1]"),
+        ("get_users_batch", (["u1", ["u2"]],), "ids[1]"),  # unhashable
+        ("get_users_batch", (["u1", "u1", 7],), "ids[2]"),
+        ("get_devices_batch", ("acc:1", ["d1"]), "account_id"),
+        ("get_devices_batch", ("acc1", ["d1", "d 2"]), "ids[1]"),
         ("get_users_batch", ("u1",), "ids"),
         ("get_user_by_ident", ("",), "ident"),
         ("get_device_by_ident", ("a*", "mac"), "account_id"),
@@ -92,6 +96,16 @@ async def test_bad_ids_raise_before_any_command(
     cache: CallableCache, raw: redis.Redis, method: str, args: tuple[Any, ...], argument: str
 ) -> None:
     await assert_rejected_before_io(cache, raw, method, args, argument)
+
+
+async def test_bad_id_after_l1_hits_names_its_position(cache: CallableCache, raw: redis.Redis) -> None:
+    await cache.set_user(user(1))
+    assert await cache.get_user_by_id("u1") is not None  # in L1
+    raw.config_resetstat()
+    with pytest.raises(ValidationError) as info:
+        await cache.get_users_batch(["u1", "u2", "u1", "u*4"])
+    assert info.value.argument == "ids[3]"
+    assert calls(raw, "hmget") == 0
 
 
 async def test_set_validates_entity_type_and_owner(cache: CallableCache, raw: redis.Redis) -> None:
