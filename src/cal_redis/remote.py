@@ -146,7 +146,6 @@ class Remote:
         self.errors = 0
         self.retries = 0
 
-
     async def read(
         self, what: str, call: Callable[[], Awaitable[T]], *, retries: int | None = None
     ) -> T:

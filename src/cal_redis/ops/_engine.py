@@ -266,9 +266,9 @@ class Entities(Generic[T]):
         n_miss = out.count(None)
         if not n_miss:
             return out
-        # The misses: their keys, each once, and where they go in ``out`` (``pos`` None:
-        # everywhere, in order); ``dups``: later positions of a key asked for twice.
-        pos: list[int] | None = None
+        # The misses: their keys, each once, and where they go in ``out``; ``dups``:
+        # later positions of a key asked for twice.
+        pos: Sequence[int] = range(len(out))
         mkeys = keys
         if n_miss != len(out):
             pos = [i for i, v in enumerate(out) if v is None]
@@ -276,7 +276,7 @@ class Entities(Generic[T]):
         dups: list[tuple[int, list[int]]] = []
         if len(set(mkeys)) != len(mkeys):
             first: dict[Hashable, list[int]] = {}
-            for i, k in zip(range(len(out)) if pos is None else pos, mkeys, strict=True):
+            for i, k in zip(pos, mkeys, strict=True):
                 first.setdefault(k, []).append(i)
             mkeys = list(first)
             pos = [p[0] for p in first.values()]
@@ -285,8 +285,8 @@ class Entities(Generic[T]):
         try:
             validate_ids(mids, "ids")
         except ValidationError:
-            for i, id_ in zip(range(len(out)) if pos is None else pos, mids, strict=True):
-                validate_id(id_, f"ids[{i}]")  # name the position in the caller's list
+            for i, id_ in zip(pos, mids, strict=True):  # name the position in the caller's list
+                validate_id(id_, f"ids[{i}]")
             raise
         hkey = self._global_hkey or self._hkey(account_id)
         flights = self.flights
@@ -294,7 +294,7 @@ class Entities(Generic[T]):
         if flights and any(k in flights for k in mkeys):
             fetch_pos: list[int] = []
             fetch: list[Hashable] = []
-            for i, k in zip(range(len(out)) if pos is None else pos, mkeys, strict=True):
+            for i, k in zip(pos, mkeys, strict=True):
                 if k in flights:
                     joined.append((i, k))
                 else:
@@ -303,7 +303,7 @@ class Entities(Generic[T]):
             pos, mkeys = fetch_pos, fetch
         if mkeys:
             values = await self._fetch_batch(hkey, mkeys)
-            if pos is None:
+            if len(values) == len(out):
                 out = values  # every id missed, each once: already in the caller's order
             else:
                 for i, value in zip(pos, values, strict=True):
@@ -344,12 +344,7 @@ class Entities(Generic[T]):
             except rexc.RedisError as err:
                 remote.errors += 1
                 raise map_redis_error(err, "HMGET " + hkey) from err
-            decode = self._decode
-            try:
-                values: list[T | None] = [None if r is None else decode(r) for r in raws]
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)  # type: ignore[arg-type]
-                raise
+            values = codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)  # type: ignore[arg-type]
             if self.cache.fill_ok:
                 overhead = self.cache.local.overhead
                 try:
