@@ -63,7 +63,7 @@ async def test_state_given_as_text_is_checked(cache: CallableCache, raw: redis.R
     assert info.value.argument == "status"
     with pytest.raises(ValidationError) as info:
         await cache.set_agent_status(A, status(registered="yes"))  # type: ignore[arg-type]
-    assert info.value.argument == "status"
+    assert info.value.argument == "status.registered"  # the field is named
     assert (await cache.get_agent_status(A, "u1")).status is AgentState.AVAILABLE  # type: ignore[union-attr]
 
 

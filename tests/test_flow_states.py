@@ -171,7 +171,7 @@ async def test_events_keep_an_equal_entry_and_drop_a_different_one(
 
 async def test_no_fill_while_sync_degraded(cache: CallableCache, raw: redis.Redis) -> None:
     raw.set(K, json.dumps({"id": "f1"}))
-    cache.fill_ok = False
+    cache._ctx.gate.fill_ok = False
     assert await cache.get_flow_state(A, "f1") is not None
     await cache.set_flow_state(A, FlowState(id="f1", state="x"))
     assert cache.local["flow_states"].peek((A, "f1")) is None

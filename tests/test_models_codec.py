@@ -8,8 +8,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cal_redis import models as m
-from cal_redis.codec import decode, decode_batch, decode_event, encode, merge_encode, merge_patch
-from cal_redis.errors import SerializationError
+from cal_redis.codec import (
+    check,
+    check_changes,
+    decode,
+    decode_batch,
+    decode_event,
+    encode,
+    merge_encode,
+    merge_update,
+)
+from cal_redis.errors import SerializationError, ValidationError
 
 SAMPLES: list[msgspec.Struct] = [
     m.Region(id="r1", code="euw", name="EU West"),
@@ -104,12 +113,31 @@ def test_merge_keeps_fields_this_version_does_not_know() -> None:
         merge_encode(b"[1]", m.User(id="u1"), key="k")
 
 
-def test_merge_patch_validates_and_keeps_unknown() -> None:
+def test_merge_update_writes_the_full_object_and_keeps_unknown() -> None:
     old = b'{"id":"u1","name":"A","pager":"555"}'
-    user, data = merge_patch(old, m.User, {"name": "B"}, key="k")
-    assert user.name == "B" and msgspec.json.decode(data)["pager"] == "555"
+    user, data = merge_update(old, m.User, {"name": "B"}, key="k")
+    stored = msgspec.json.decode(data)
+    assert user.name == "B" and stored["pager"] == "555"
+    # a stored record missing fields comes back complete: every field of the model
+    assert set(m.User.__struct_fields__) <= set(stored)
     with pytest.raises(SerializationError):
-        merge_patch(old, m.User, {"enabled": "not-a-bool"}, key="k")
+        merge_update(b"[1]", m.User, {"name": "B"}, key="k")
+
+
+def test_check_changes_names_the_field() -> None:
+    assert check_changes(m.User, {"name": "B"}) == {"name": "B"}
+    with pytest.raises(ValidationError, match="enabled") as info:
+        check_changes(m.User, {"enabled": "not-a-bool"})
+    assert info.value.argument == "enabled"
+    with pytest.raises(ValidationError, match="unknown") as info:
+        check_changes(m.User, {"nonsense": 1})
+    assert info.value.argument == "nonsense"
+
+
+def test_check_names_the_field_of_a_wrongly_typed_struct() -> None:
+    with pytest.raises(ValidationError) as info:
+        check(m.User(id="u", name=5), "user")  # type: ignore[arg-type]
+    assert info.value.argument == "user.name"
 
 
 @given(

@@ -99,7 +99,7 @@ async def pair(make_cache: Factory, proto: int) -> tuple[CallableCache, Callable
 async def test_connect_subscribes_and_close_stops(make_cache: Factory, proto: int) -> None:
     cache = await make_cache(CacheConfig(protocol=proto))
     st = cache.sync_state
-    assert st.state == "connected" and cache.fill_ok and cache.sync_applies
+    assert st.state == "connected" and cache._ctx.gate.fill_ok and cache._ctx.gate.track
     assert cache.stats()["sync"]["state"] == "connected"
     task = cache._sync._task
     assert task is not None and not task.done()
@@ -112,7 +112,7 @@ async def test_connect_subscribes_and_close_stops(make_cache: Factory, proto: in
 async def test_sync_disabled(make_cache: Factory, raw: redis.Redis) -> None:
     cache = await make_cache(CacheConfig(sync=False))
     assert cache.sync_state.state == "disabled"
-    assert not cache._sync.running and cache.fill_ok and not cache.sync_applies
+    assert not cache._sync.running and cache._ctx.gate.fill_ok and not cache._ctx.gate.track
     # App subscriptions still work: the connection is opened on demand.
     stream = cache.events()
     await until(lambda: raw.pubsub_numsub("cal:events")[0][1] == 1, what="lazy subscription")
@@ -300,8 +300,25 @@ async def test_malformed_events_are_counted_and_ignored(
     assert st.unknown - before.unknown == 1
     assert st.received - before.received == len(bad) + 2
     assert st.disconnects == 0
-    # None of the rejected events touched L1.
-    assert b.local["devices"].peek(("acc1", "d1")) is not None
+    # Events that name no key of this channel never touch L1; the DeviceUpdate whose
+    # type, id and channel are valid but whose data names another account drops d1.
+    assert b.local["devices"].peek(("acc1", "d1")) is None
+
+
+async def test_malformed_event_naming_a_key_still_invalidates_it(
+    pair: tuple[CallableCache, CallableCache], raw: redis.Redis
+) -> None:
+    a, b = pair
+    await a.set_user(User(id="u1", name="One"))
+    await a.set_user(User(id="u2", name="Two"))
+    await b.get_user_by_id("u1")
+    await b.get_user_by_id("u2")
+    before = b.sync_state.malformed
+    # Valid type, id and channel; data of the wrong type: the cached u1 may be stale.
+    raw.publish("cal:events", b'{"type":"UserUpdate","id":"u1","data":{"id":"u1","name":5}}')
+    await until(lambda: b.sync_state.malformed > before, what="malformed counted")
+    assert b.local["users"].peek("u1") is None
+    assert b.local["users"].peek("u2") is not None  # only the key it names
 
 
 async def test_unknown_and_malformed_are_logged_rate_limited(
@@ -612,13 +629,13 @@ async def test_server_restart_degrades_then_resumes(
     await asyncio.sleep(0.05)
     await asyncio.to_thread(private_server.stop)
     await until(lambda: b.sync_state.state == "degraded", what="degraded")
-    assert not b.fill_ok and not b.sync_applies
+    assert not b._ctx.gate.fill_ok and not b._ctx.gate.track
     assert b.local["users"].peek("u1") is None  # flushed at loss
     await asyncio.to_thread(private_server.start)  # same port, empty database
     await until(lambda: b.sync_state.state == "connected", 10, "reconnected")
     stop.set()
     await writer
-    assert b.sync_state.reconnects >= 1 and b.fill_ok
+    assert b.sync_state.reconnects >= 1 and b._ctx.gate.fill_ok
     check = redis.Redis.from_url(private_server.url)
     try:
         data = check.hget("cal:users", "u1")

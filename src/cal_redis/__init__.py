@@ -12,6 +12,7 @@ from .config import CacheConfig, NamespaceBudget
 from .embedded import EmbeddedRedis, EmbeddedRedisError
 from .errors import (
     CalRedisError,
+    ClosedError,
     ConfigurationError,
     ConnectionError,
     NotFoundError,
@@ -20,7 +21,6 @@ from .errors import (
     TimeoutError,
     ValidationError,
 )
-from .events import EventStream
 from .keys import KeyBuilder
 from .models import (
     Account,
@@ -42,7 +42,7 @@ from .models import (
     User,
     WsConnection,
 )
-from .sync import SyncState
+from .sync import EventStream, SyncState
 
 __version__ = "0.1.0"
 
@@ -56,6 +56,7 @@ __all__ = (
     "CacheConfig",
     "CalRedisError",
     "CallableCache",
+    "ClosedError",
     "ConfigurationError",
     "ConnectionError",
     "Conversation",

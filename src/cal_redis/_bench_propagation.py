@@ -62,9 +62,16 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 
 def _stamp_exec(cache: CallableCache, stamps: list[float]) -> None:
-    """Record perf_counter() just before each MULTI/EXEC of ``cache``'s writes."""
+    """Record perf_counter() just before each write script (or MULTI/EXEC) of ``cache``."""
     client = cache.remote.client
     make = client.pipeline
+    evalsha = client.evalsha
+
+    async def timed_evalsha(*a: Any, **k: Any) -> Any:
+        stamps.append(time.perf_counter())
+        return await evalsha(*a, **k)
+
+    client.evalsha = timed_evalsha  # type: ignore[method-assign]
 
     def pipeline(*args: Any, **kw: Any) -> Any:
         pipe: Any = make(*args, **kw)

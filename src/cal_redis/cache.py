@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
-
+from ._context import Context
+from .api.account_data import AccountDataOps
+from .api.agents import AgentOps
+from .api.cache_first import ACCOUNT, DEVICE, PROXY, REGION, USER, CacheFirstOps
+from .api.conversations import ConversationOps
+from .api.events import SyncOps
+from .api.flow_states import FLOW_STATE, FlowStateOps
+from .api.queues import QueueOps
+from .api.sessions import SessionOps
+from .api.trunk_ip import TRUNK_IP, TrunkIpOps
+from .api.ws import WsOps
 from .config import CacheConfig, configure_logging, resolve_url
-from .events import SyncOps
+from .engine.entities import Entities
+from .engine.ttl_keys import TtlKeys
 from .keys import KeyBuilder
 from .local import LocalTier
-from .ops._engine import Entities
-from .ops.account_data import AccountDataOps
-from .ops.agents import AgentOps
-from .ops.cache_first import ACCOUNT, DEVICE, PROXY, REGION, USER, CacheFirstOps
-from .ops.conversations import ConversationOps
-from .ops.flow_states import FlowStateOps
-from .ops.queues import QueueOps
-from .ops.sessions import SessionOps
-from .ops.trunk_ip import TrunkIpOps, TrunkIps
-from .ops.ws import WsOps
 from .remote import Remote
-from .sync import Subscriber
+from .sync import Dispatcher, Hub, Subscriber
+
+if TYPE_CHECKING:
+    from .remote import Redis
 
 __all__ = ("CallableCache",)
 
 log = logging.getLogger("cal_redis")
+
+_NAMESPACES = ("regions", "proxies", "accounts", "users", "devices", "trunks_ip", "flow_states")
 
 
 class CallableCache(
@@ -48,30 +52,55 @@ class CallableCache(
 
     def __init__(self, remote: Remote, config: CacheConfig) -> None:
         """Use :meth:`connect`; this constructor does no I/O."""
-        self.config = config
-        self.remote = remote
-        self.keys = KeyBuilder(cluster=config.cluster)
-        self.instance_id = uuid.uuid4().hex
-        self.local = LocalTier(
-            config, ["regions", "proxies", "accounts", "users", "devices", "trunks_ip", "flow_states"]
+        ctx = Context(
+            config=config,
+            remote=remote,
+            keys=KeyBuilder(cluster=config.cluster),
+            local=LocalTier(config, _NAMESPACES),
         )
-        #: False while sync is degraded: L1 is neither filled nor trusted.
-        self.fill_ok = True
-        #: True while events are applied to L1 (pending own writes are tracked then).
-        self.sync_applies = False
-        self._regions = Entities(REGION, self)
-        self._proxies = Entities(PROXY, self)
-        self._accounts = Entities(ACCOUNT, self)
-        self._users = Entities(USER, self)
-        self._devices = Entities(DEVICE, self)
-        self._users_l1 = self.local["users"]
-        self.engines: dict[str, Entities[Any]] = {
-            e.spec.kind: e
-            for e in (self._regions, self._proxies, self._accounts, self._users, self._devices)
-        }
-        self._trunk_ips = TrunkIps(self)
-        self._sync = Subscriber(self)
-        self._closed = False
+        self._ctx = ctx
+        self._regions = Entities(REGION, ctx)
+        self._proxies = Entities(PROXY, ctx)
+        self._accounts = Entities(ACCOUNT, ctx)
+        self._users = Entities(USER, ctx)
+        self._devices = Entities(DEVICE, ctx)
+        self._users_l1 = self._users.l1
+        self._trunk_ips = TtlKeys(TRUNK_IP, ctx)
+        self._flow_states = TtlKeys(FLOW_STATE, ctx)
+        self._engines: tuple[Entities[Any] | TtlKeys[Any], ...] = (
+            self._regions, self._proxies, self._accounts, self._users, self._devices,
+            self._trunk_ips, self._flow_states,
+        )
+        dispatcher = Dispatcher(
+            ctx, hub := Hub(), {e.spec.kind: (e, e.spec.scoped) for e in self._engines}
+        )
+        self._sync = Subscriber(ctx, dispatcher, hub)
+
+    # -- what the parts share, read-only for operators and tests ---------------------------
+    @property
+    def config(self) -> CacheConfig:
+        """The configuration this cache was made with."""
+        return self._ctx.config
+
+    @property
+    def remote(self) -> Remote:
+        """L2: the Redis client owner (round trips, errors and retries in ``stats()``)."""
+        return self._ctx.remote
+
+    @property
+    def local(self) -> LocalTier:
+        """L1: the namespaces (``cache.local["users"]``) with their counters."""
+        return self._ctx.local
+
+    @property
+    def keys(self) -> KeyBuilder:
+        """The key builder of this cache's key style."""
+        return self._ctx.keys
+
+    @property
+    def instance_id(self) -> str:
+        """This instance's id (the ``origin`` of its events)."""
+        return self._ctx.instance_id
 
     @classmethod
     async def connect(cls, url: str | None = None, *, config: CacheConfig | None = None) -> CallableCache:
@@ -83,6 +112,7 @@ class CallableCache(
         configure_logging()
         config = config or CacheConfig()
         remote = Remote(resolve_url(url), config)
+        remote.bind()
         self = cls(remote, config)
         try:
             await remote.ping()
@@ -94,7 +124,7 @@ class CallableCache(
             await self._sync.stop()
             await remote.close()
             raise
-        log.debug("connected to %s (instance %s)", remote.url, self.instance_id)
+        log.debug("connected to %s (instance %s)", remote.safe_url, self.instance_id)
         return self
 
     @classmethod
@@ -117,19 +147,21 @@ class CallableCache(
                 await cache.close()
 
     async def close(self) -> None:
-        """Stop the subscriber and close every connection (idempotent)."""
-        if self._closed:
+        """Stop the subscriber, flush L1 and close every connection (idempotent).
+
+        From then on every method raises :class:`~cal_redis.errors.ClosedError`.
+        """
+        if self._ctx.remote.closed and self._sync.stopped:
             return
-        self._closed = True
         try:
             await self._sync.stop()
         finally:
-            await self.remote.close()
+            await self._ctx.remote.close()
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
-        return self._closed
+        return self._sync.stopped
 
     async def __aenter__(self) -> CallableCache:
         return self
@@ -139,9 +171,11 @@ class CallableCache(
     ) -> None:
         await self.close()
 
-    def redis_connection(self) -> aioredis.Redis:
+    def redis_connection(self) -> Redis:
         """The underlying ``redis.asyncio.Redis`` for custom commands (streams, scripts)."""
-        return self.remote.client
+        self._ctx.remote.check()
+        client: Redis = self._ctx.remote.client
+        return client
 
     def stats(self) -> dict[str, Any]:
         """L1 figures per namespace, L2 round trips/errors/retries, single-flight joins."""
@@ -149,9 +183,9 @@ class CallableCache(
             "l1": self.local.stats(),
             "l1_implementation": self.local.implementation,
             "l2": self.remote.stats(),
-            "single_flight_joins": sum(e.joins for e in self.engines.values()) + self._trunk_ips.joins,
+            "single_flight_joins": sum(e.joins for e in self._engines),
             "sync": self._sync.snapshot().as_dict(),
         }
 
     def __repr__(self) -> str:
-        return f"<CallableCache {self.remote.url} instance={self.instance_id[:8]}>"
+        return f"<CallableCache {self.remote.safe_url} instance={self.instance_id[:8]}>"

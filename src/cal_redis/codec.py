@@ -9,26 +9,32 @@ Every failure becomes :class:`~cal_redis.errors.SerializationError` naming the k
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import cache
 from typing import Any, TypeVar
 
 import msgspec
 
-from .errors import SerializationError
-from .models import Event, Model
+from .errors import SerializationError, ValidationError
+from .models import Event, Model, now_ms
 
 __all__ = (
+    "check",
+    "check_changes",
     "decode",
     "decode_batch",
     "decode_event",
     "decoder",
     "encode",
+    "event",
+    "known_fields",
     "merge_encode",
-    "merge_patch",
+    "merge_update",
 )
 
 T = TypeVar("T", bound=msgspec.Struct)
+M = TypeVar("M", bound=Model)
 
 _encoder = msgspec.json.Encoder()
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
@@ -102,20 +108,16 @@ def merge_encode(old: bytes | None, new: Model, *, key: str, field: str | None =
     return encode(base)
 
 
-def merge_patch(
-    old: bytes, model: type[T], changes: dict[str, Any], *, key: str, field: str | None = None
-) -> tuple[T, bytes]:
-    """Apply ``changes`` to the stored JSON ``old``; return the typed result and its JSON.
-
-    Unknown stored fields are kept; ``changes`` is validated against ``model``.
-    """
-    base = _decode_object(old, key=key, field=field)
-    base.update(changes)
-    try:
-        data = _encoder.encode(base)
-    except (TypeError, msgspec.EncodeError) as err:
-        raise SerializationError(f"cannot encode changes: {err}", key=key, field=field) from err
-    return decode(data, model, key=key, field=field), data
+def merge_update(
+    old: bytes, model: type[M], changes: dict[str, Any], *, key: str, field: str | None = None
+) -> tuple[M, bytes]:
+    """``changes`` (already checked by :func:`check_changes`) applied to the stored JSON
+    ``old``: the typed result and its JSON, which holds every field of ``model`` (a
+    stored record missing fields comes back complete) plus the stored fields this
+    version does not know."""
+    current = decode(old, model, key=key, field=field)
+    new = msgspec.structs.replace(current, **changes)
+    return new, merge_encode(old, new, key=key, field=field)
 
 
 def _decode_object(data: bytes, *, key: str, field: str | None) -> dict[str, Any]:
@@ -123,3 +125,69 @@ def _decode_object(data: bytes, *, key: str, field: str | None) -> dict[str, Any
         return _dict_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
         raise SerializationError(f"stored value is not a JSON object: {err}", key=key, field=field) from err
+
+
+_AT = re.compile(r"at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def check(obj: Model, argument: str) -> bytes:
+    """The JSON of ``obj``, checked against its own type before any I/O.
+
+    msgspec does not validate a Struct when it is built (``User(id="u", name=5)`` is
+    accepted), so the encoded object is decoded once with the typed decoder: a wrong
+    field type raises :class:`~cal_redis.errors.ValidationError` naming
+    ``argument.field``.
+    """
+    try:
+        data = _encoder.encode(obj)
+        decoder(type(obj)).decode(data)
+    except (TypeError, msgspec.EncodeError, msgspec.DecodeError, msgspec.ValidationError) as err:
+        found = _AT.search(str(err))
+        name = f"{argument}.{found.group(1)}" if found else argument
+        raise ValidationError(name, str(err)) from err
+    return data
+
+
+@cache
+def _field_types(model: type[msgspec.Struct]) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(model)}
+
+
+def check_changes(model: type[T], changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` to a ``model`` converted to its field types, before any I/O.
+
+    An unknown field name or a value of the wrong type raises
+    :class:`~cal_redis.errors.ValidationError` naming the field.
+    """
+    types = _field_types(model)
+    out: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name not in types:
+            raise ValidationError(name, f"unknown {model.__name__} field {name!r}")
+        try:
+            out[name] = msgspec.convert(value, types[name])
+        except msgspec.ValidationError as err:
+            raise ValidationError(name, f"{model.__name__}.{name}: {err}") from err
+    return out
+
+
+def event(
+    type: str,
+    id: str,
+    *,
+    origin: str,
+    account_id: str | None = None,
+    data: bytes | None = None,
+) -> bytes:
+    """The JSON of one event (the one event builder of the library's writes)."""
+    ev = Event(type=type, id=id, account_id=account_id, origin=origin, ts=now_ms())
+    if data is not None:
+        ev = msgspec.structs.replace(ev, data=msgspec.Raw(data))
+    return encode(ev)
+
+
+@cache
+def known_fields(model: type[msgspec.Struct]) -> str:
+    """The JSON field names of ``model``, comma-separated (what a KNOWN write guess is
+    checked against by the write script)."""
+    return ",".join(model.__struct_encode_fields__)

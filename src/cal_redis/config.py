@@ -19,6 +19,7 @@ __all__ = (
     "NamespaceBudget",
     "DEFAULT_BUDGETS",
     "configure_logging",
+    "redact_url",
     "resolve_url",
 )
 
@@ -130,6 +131,29 @@ def resolve_url(url: str | None) -> str:
     if "://" not in env:
         env = "redis://" + env
     return env
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (``user:pass@`` or ``?password=``) replaced by ``***``."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if sep else f"***@{host}" if not user else f"{user}@{host}"
+        if not sep and user:
+            # redis://secret@host: redis-py reads a lone userinfo as the password
+            netloc = f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, True)]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 _LEVELS = {

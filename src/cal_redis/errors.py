@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = (
     "CalRedisError",
+    "ClosedError",
     "ConfigurationError",
     "ConnectionError",
     "NotFoundError",
@@ -29,6 +30,10 @@ RedisError = CalRedisError
 
 class ConfigurationError(CalRedisError):
     """The library is misconfigured (e.g. no Redis URL and no ``CAL_VALKEY_HOST``)."""
+
+
+class ClosedError(CalRedisError):
+    """The cache was closed: no method does I/O any more (nothing reconnects)."""
 
 
 class ConnectionError(CalRedisError):

@@ -25,10 +25,10 @@ class LocalTier:
         tier["users"].set("u1", user, tier.weight(raw_json))
     """
 
-    __slots__ = ("_caches", "implementation", "overhead")
+    __slots__ = ("_caches", "_overhead", "implementation")
 
     def __init__(self, config: CacheConfig, namespaces: Iterable[str]) -> None:
-        self.overhead = config.entry_overhead
+        self._overhead = config.entry_overhead
         self.implementation = "cython" if EXTENSION_ACTIVE else "python"
         self._caches: dict[str, LRUCache] = {}
         for name in namespaces:
@@ -47,9 +47,13 @@ class LocalTier:
         """Names of the namespaces, in creation order."""
         return list(self._caches)
 
-    def weight(self, json_len: int) -> int:
-        """L1 weight of an entry whose JSON is ``json_len`` bytes long."""
-        return json_len + self.overhead
+    def weight(self, namespace: str, json_len: int) -> int:
+        """L1 weight of an entry of ``namespace`` whose JSON is ``json_len`` bytes long."""
+        return json_len + self._overhead
+
+    def overhead(self, namespace: str) -> int:
+        """What :meth:`weight` adds to the JSON length (batch fills pass it once)."""
+        return self._overhead
 
     def flush(self, namespace: str) -> int:
         """Drop every entry of one namespace (fencing in-flight fills); return the count."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..engine.entities import Entities, EntitySpec
 from ..keys import KeyBuilder
 from ..models import Account, Device, Proxy, Region, User
-from ._engine import Entities, EntitySpec
 
 if TYPE_CHECKING:
     from .._fast import LRUCache

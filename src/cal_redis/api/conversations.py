@@ -4,9 +4,9 @@ optionally with a TTL, always straight from Redis."""
 from __future__ import annotations
 
 from .. import codec
+from ..engine.writes import Target
 from ..models import Conversation
-from . import _lua
-from ._direct import DirectOps, ttl_ms
+from ._base import DirectOps, ttl_ms
 
 __all__ = ("ConversationOps",)
 
@@ -16,9 +16,9 @@ class ConversationOps(DirectOps):
 
     async def get_conversation(self, account_id: str, conversation_id: str) -> Conversation | None:
         """The conversation, or None when absent or expired (one ``GET``)."""
-        key = self.keys.conversation(account_id, conversation_id)
-        client = self._client
-        raw: bytes | None = await self.remote.read("GET " + key, lambda: client.get(key))
+        key = self._ctx.keys.conversation(account_id, conversation_id)
+        client = self._ctx.remote.cmd
+        raw: bytes | None = await self._ctx.remote.read("GET " + key, lambda: client.get(key))
         return None if raw is None else codec.decode(raw, Conversation, key=key)
 
     async def set_conversation(
@@ -38,16 +38,15 @@ class ConversationOps(DirectOps):
         """
         conv = self._check_model(conv, Conversation, "conv")
         conv = self._owned(conv, account_id, "conv")
-        key = self.keys.conversation(account_id, conv.id)
+        key = self._ctx.keys.conversation(account_id, conv.id)
         px = "" if ttl is None else str(ttl_ms(ttl))
         data = self._json(conv, "conv")
-        args = ["", px, "0", "", "", ""]
-        await self._put_json("SET " + key, _lua.PUT, [key], conv, data, args, key=key)
+        await self._put("SET " + key, Target(key, ttl=px), conv, data)
         return conv
 
     async def delete_conversation(self, account_id: str, conversation_id: str) -> bool:
         """Delete a conversation (``DEL``); True if it existed."""
-        key = self.keys.conversation(account_id, conversation_id)
-        client = self._client
-        n: int = await self.remote.write("DEL " + key, lambda: client.delete(key))
+        key = self._ctx.keys.conversation(account_id, conversation_id)
+        client = self._ctx.remote.cmd
+        n: int = await self._ctx.remote.write("DEL " + key, lambda: client.delete(key))
         return n > 0

@@ -14,11 +14,12 @@ from typing import Any
 import msgspec
 
 from .. import codec
-from ..errors import NotFoundError, ValidationError
+from ..engine import _lua
+from ..engine.writes import Target
+from ..errors import ValidationError
 from ..keys import validate_id
 from ..models import SessionData, now_ms
-from . import _lua
-from ._direct import DirectOps, ttl_ms
+from ._base import DirectOps, ttl_ms
 
 __all__ = ("SessionOps",)
 
@@ -51,10 +52,10 @@ class SessionOps(DirectOps):
             data = {}
         elif not isinstance(data, dict):
             raise ValidationError("data", f"expected a dict, got {type(data).__name__}")
-        active = self.keys.sessions_active(account_id)
+        active = self._ctx.keys.sessions_active(account_id)
         while True:
             sid = secrets.token_urlsafe(SESSION_ID_BYTES)
-            key = self.keys.session(account_id, sid)
+            key = self._ctx.keys.session(account_id, sid)
             now = now_ms()
             session = SessionData(
                 id=sid, account_id=account_id, user_id=user_id,
@@ -66,7 +67,7 @@ class SessionOps(DirectOps):
                 pipe.set(key, raw, px=ms, nx=True)
                 pipe.sadd(active, sid)
 
-            created, _ = await self._multi("create session", build)
+            created, _ = await self._ctx.remote.multi("create session", build)
             if created:  # pragma: no branch - a 192-bit collision is not a case to test
                 return session
 
@@ -76,13 +77,13 @@ class SessionOps(DirectOps):
         One round trip (``GET`` + ``PTTL`` in MULTI); ``expires_at`` is the time the
         key will expire, from its remaining TTL.
         """
-        key = self.keys.session(account_id, session_id)
+        key = self._ctx.keys.session(account_id, session_id)
 
         def build(pipe: Any) -> None:
             pipe.get(key)
             pipe.pttl(key)
 
-        raw, pttl = await self._multi("GET " + key, build, read=True)
+        raw, pttl = await self._ctx.remote.multi("GET " + key, build, read=True)
         if raw is None:
             return None
         session = codec.decode(raw, SessionData, key=key)
@@ -105,20 +106,19 @@ class SessionOps(DirectOps):
         """
         session = self._check_model(session, SessionData, "session")
         session = self._owned(session, account_id, "session")
-        key = self.keys.session(account_id, session.id)
+        key = self._ctx.keys.session(account_id, session.id)
         px = ""
         if ttl is not None:
             ms = ttl_ms(ttl)
             px = str(ms)
             session = msgspec.structs.replace(session, expires_at=now_ms() + ms)
         data = self._json(session, "session")
-        active = self.keys.sessions_active(account_id)
-        args = ["", px, "1" if ttl is None else "0", session.id, "", ""]
-        written = await self._put_json(
-            "SET " + key, _lua.PUT, [key, active], session, data, args, key=key
+        active = self._ctx.keys.sessions_active(account_id)
+        target = Target(key, ttl=px, member_set=active, id=session.id)
+        await self._put(
+            "SET " + key, target, session, data,
+            must_exist=("Session", session.id) if ttl is None else None,
         )
-        if written is None:
-            raise NotFoundError("Session", session.id)
         return session
 
     async def session_touch(self, account_id: str, session_id: str, ttl: float) -> bool:
@@ -126,22 +126,22 @@ class SessionOps(DirectOps):
 
         The stored JSON is not rewritten; :meth:`session_get` reports the new expiry.
         """
-        key = self.keys.session(account_id, session_id)
+        key = self._ctx.keys.session(account_id, session_id)
         ms = ttl_ms(ttl)
-        client = self._client
-        done: int = await self.remote.write("PEXPIRE " + key, lambda: client.pexpire(key, ms))
+        client = self._ctx.remote.cmd
+        done: int = await self._ctx.remote.write("PEXPIRE " + key, lambda: client.pexpire(key, ms))
         return bool(done)
 
     async def session_delete(self, account_id: str, session_id: str) -> bool:
         """Delete the session and its active-set membership (one MULTI); True if it existed."""
-        key = self.keys.session(account_id, session_id)
-        active = self.keys.sessions_active(account_id)
+        key = self._ctx.keys.session(account_id, session_id)
+        active = self._ctx.keys.sessions_active(account_id)
 
         def build(pipe: Any) -> None:
             pipe.delete(key)
             pipe.srem(active, session_id)
 
-        deleted, _ = await self._multi("DEL " + key, build)
+        deleted, _ = await self._ctx.remote.multi("DEL " + key, build)
         return bool(deleted)
 
     async def sessions_active(self, account_id: str) -> list[str]:
@@ -151,9 +151,9 @@ class SessionOps(DirectOps):
         ``EXISTS`` and ``SREM``\\ s the dead atomically (a session re-created in
         between is never dropped).
         """
-        active = self.keys.sessions_active(account_id)
-        client = self._client
-        members: set[bytes] = await self.remote.read(
+        active = self._ctx.keys.sessions_active(account_id)
+        client = self._ctx.remote.cmd
+        members: set[bytes] = await self._ctx.remote.read(
             "SMEMBERS " + active, lambda: client.smembers(active)
         )
         ids: list[str] = []
@@ -166,8 +166,8 @@ class SessionOps(DirectOps):
         alive: list[str] = []
         for i in range(0, len(ids), _PRUNE_CHUNK):
             chunk = ids[i : i + _PRUNE_CHUNK]
-            keys = [active, *(self.keys.session(account_id, s) for s in chunk)]
-            live: list[bytes] = await self._eval(
+            keys = [active, *(self._ctx.keys.session(account_id, s) for s in chunk)]
+            live: list[bytes] = await self._ctx.remote.script(
                 "prune " + active, _lua.SESSIONS_PRUNE, keys, chunk
             )
             alive.extend(m.decode() for m in live)

@@ -16,11 +16,12 @@ from typing import Any
 import msgspec
 
 from .. import codec
+from ..engine import _lua
+from ..engine.writes import KNOWN, Guess, write_with
 from ..errors import ValidationError
 from ..keys import validate_id
 from ..models import AgentState, AgentStatus, now_ms
-from . import _lua
-from ._direct import DirectOps
+from ._base import DirectOps
 
 __all__ = ("AgentOps",)
 
@@ -54,7 +55,7 @@ class AgentOps(DirectOps):
                 status, status=state, updated_at=status.updated_at or now_ms()
             )
         user_id = status.user_id
-        k = self.keys
+        k = self._ctx.keys
         key = k.agent_status(account_id, user_id)
         data = self._json(status, "status")
         keys = [
@@ -66,21 +67,29 @@ class AgentOps(DirectOps):
         ]
         flags = [status.registered, state is AgentState.AVAILABLE, status.connected]
         args = [user_id, *("1" if f else "0" for f in flags), status.name]
-        await self._put_json("set agent " + key, _lua.AGENT_SET, keys, status, data, args, key=key)
-        return status
+
+        def compute(stored: Guess) -> tuple[bytes, list[str], AgentStatus]:
+            merged = codec.merge_encode(stored, status, key=key) if isinstance(
+                stored, bytes) else data
+            return merged, args, status
+
+        return await write_with(
+            self._ctx.remote, "set agent " + key, _lua.AGENT_SET, keys, compute, KNOWN,
+            codec.known_fields(AgentStatus),
+        )
 
     agent_status_set = set_agent_status
 
     async def get_agent_status(self, account_id: str, user_id: str) -> AgentStatus | None:
         """The agent's status, or None when none is stored (one ``GET``)."""
-        key = self.keys.agent_status(account_id, user_id)
-        client = self._client
-        raw: bytes | None = await self.remote.read("GET " + key, lambda: client.get(key))
+        key = self._ctx.keys.agent_status(account_id, user_id)
+        client = self._ctx.remote.cmd
+        raw: bytes | None = await self._ctx.remote.read("GET " + key, lambda: client.get(key))
         return None if raw is None else codec.decode(raw, AgentStatus, key=key)
 
     async def _members(self, key: str) -> set[str]:
-        client = self._client
-        raw: set[bytes] = await self.remote.read("SMEMBERS " + key, lambda: client.smembers(key))
+        client = self._ctx.remote.cmd
+        raw: set[bytes] = await self._ctx.remote.read("SMEMBERS " + key, lambda: client.smembers(key))
         return {m.decode() for m in raw}
 
     async def agents_get_available(self, account_id: str) -> set[str]:
@@ -90,21 +99,21 @@ class AgentOps(DirectOps):
 
             if "u1" in await cache.agents_get_available("acc42"): ...
         """
-        return await self._members(self.keys.agents_available(account_id))
+        return await self._members(self._ctx.keys.agents_available(account_id))
 
     async def agents_get_registered(self, account_id: str) -> set[str]:
         """User ids of the account's registered agents (``SMEMBERS``)."""
-        return await self._members(self.keys.agents_registered(account_id))
+        return await self._members(self._ctx.keys.agents_registered(account_id))
 
     async def agents_get_connected(self, account_id: str) -> set[str]:
         """User ids of the account's connected agents (``SMEMBERS``)."""
-        return await self._members(self.keys.agents_connected(account_id))
+        return await self._members(self._ctx.keys.agents_connected(account_id))
 
     async def get_agent_names(self, account_id: str) -> dict[str, str]:
         """The account's agent names: user_id → name (``HGETALL`` of ``agents:by_user``)."""
-        key = self.keys.agents_by_user(account_id)
-        client = self._client
-        raw: dict[bytes, bytes] = await self.remote.read(
+        key = self._ctx.keys.agents_by_user(account_id)
+        client = self._ctx.remote.cmd
+        raw: dict[bytes, bytes] = await self._ctx.remote.read(
             "HGETALL " + key, lambda: client.hgetall(key)
         )
         return {f.decode(): v.decode() for f, v in raw.items()}
@@ -114,7 +123,7 @@ class AgentOps(DirectOps):
 
         Returns True if a status was stored.
         """
-        k = self.keys
+        k = self._ctx.keys
         key = k.agent_status(account_id, user_id)
         validate_id(user_id, "user_id")
 
@@ -125,5 +134,5 @@ class AgentOps(DirectOps):
             pipe.srem(k.agents_connected(account_id), user_id)
             pipe.hdel(k.agents_by_user(account_id), user_id)
 
-        replies = await self._multi("remove agent " + key, build)
+        replies = await self._ctx.remote.multi("remove agent " + key, build)
         return bool(replies[0])

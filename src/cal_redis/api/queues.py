@@ -9,16 +9,14 @@ delivered to at most one popper, never twice.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Any
 
+from ..engine.records import Records, RecordSpec
 from ..errors import ValidationError
 from ..keys import KeyBuilder, validate_id
 from ..models import QueueMeta, now_ms
-from ..remote import map_redis_error
-from ._direct import DirectOps, seconds
-from ._records import Records, RecordSpec
+from ._base import DirectOps, seconds
 
 __all__ = ("QueueOps",)
 
@@ -43,7 +41,7 @@ class QueueOps(DirectOps):
 
     def _queue_key(self, account_id: str, queue: str) -> str:
         validate_id(queue, "queue")
-        return self.keys.queue(account_id, queue)
+        return self._ctx.keys.queue(account_id, queue)
 
     async def queue_add(
         self, account_id: str, queue: str, item_id: str, priority: float | None = None
@@ -78,7 +76,7 @@ class QueueOps(DirectOps):
             pipe.zadd(key, {item_id: score}, nx=nx)
             pipe.zscore(key, item_id)
 
-        _, stored = await self._multi("ZADD " + key, build)
+        _, stored = await self._ctx.remote.multi("ZADD " + key, build)
         return float(stored)
 
     async def queue_pop(self, account_id: str, queue: str) -> str | None:
@@ -87,9 +85,9 @@ class QueueOps(DirectOps):
         Safe under any number of concurrent poppers: each item is returned once.
         """
         key = self._queue_key(account_id, queue)
-        client = self._client
+        client = self._ctx.remote.cmd
         # With a count the reply is [[member, score]] under RESP2 and RESP3 alike.
-        popped: list[tuple[bytes, float]] = await self.remote.write(
+        popped: list[tuple[bytes, float]] = await self._ctx.remote.write(
             "ZPOPMIN " + key, lambda: client.zpopmin(key, 1)
         )
         return popped[0][0].decode() if popped else None
@@ -106,22 +104,7 @@ class QueueOps(DirectOps):
         """
         key = self._queue_key(account_id, queue)
         wait = seconds(timeout, "timeout")
-        deadline = wait + self.config.socket_timeout
-        pool = self._client.connection_pool
-
-        async def call() -> Any:
-            conn = await pool.get_connection()
-            try:
-                await conn.send_command("BZPOPMIN", key, wait)
-                # math.inf: no socket timeout on this read; wait_for bounds it, and
-                # cancelling the read disconnects the connection (no late reply).
-                return await asyncio.wait_for(conn.read_response(timeout=math.inf), deadline)
-            except asyncio.TimeoutError as err:
-                raise map_redis_error(err, "BZPOPMIN " + key) from err
-            finally:
-                await pool.release(conn)
-
-        reply = await self.remote.write("BZPOPMIN " + key, call)
+        reply = await self._ctx.remote.blocking("BZPOPMIN " + key, wait, "BZPOPMIN", key, wait)
         if not reply:
             return None
         member = reply[1]
@@ -131,8 +114,8 @@ class QueueOps(DirectOps):
         """The ``n`` lowest-score items with their scores, without removing them."""
         key = self._queue_key(account_id, queue)
         n = _count(n, "n")
-        client = self._client
-        items: list[tuple[bytes, float]] = await self.remote.read(
+        client = self._ctx.remote.cmd
+        items: list[tuple[bytes, float]] = await self._ctx.remote.read(
             "ZRANGE " + key, lambda: client.zrange(key, 0, n - 1, withscores=True)
         )
         return [(m.decode(), float(s)) for m, s in items]
@@ -140,24 +123,24 @@ class QueueOps(DirectOps):
     async def queue_len(self, account_id: str, queue: str) -> int:
         """Number of items in the queue (``ZCARD``); 0 for a queue never used."""
         key = self._queue_key(account_id, queue)
-        client = self._client
-        n: int = await self.remote.read("ZCARD " + key, lambda: client.zcard(key))
+        client = self._ctx.remote.cmd
+        n: int = await self._ctx.remote.read("ZCARD " + key, lambda: client.zcard(key))
         return n
 
     async def queue_remove(self, account_id: str, queue: str, item_id: str) -> bool:
         """Remove one item wherever it is (``ZREM``); True if it was queued."""
         key = self._queue_key(account_id, queue)
         validate_id(item_id, "item_id")
-        client = self._client
-        n: int = await self.remote.write("ZREM " + key, lambda: client.zrem(key, item_id))
+        client = self._ctx.remote.cmd
+        n: int = await self._ctx.remote.write("ZREM " + key, lambda: client.zrem(key, item_id))
         return n > 0
 
     async def queue_position(self, account_id: str, queue: str, item_id: str) -> int | None:
         """0-based position of the item (``ZRANK``: 0 pops next), or None if not queued."""
         key = self._queue_key(account_id, queue)
         validate_id(item_id, "item_id")
-        client = self._client
-        rank: int | None = await self.remote.read(
+        client = self._ctx.remote.cmd
+        rank: int | None = await self._ctx.remote.read(
             "ZRANK " + key, lambda: client.zrank(key, item_id)
         )
         return rank
@@ -165,16 +148,16 @@ class QueueOps(DirectOps):
     # -- metadata (hash cal:account:{a}:queues:meta) --------------------------------------
     async def set_queue_meta(self, account_id: str, meta: QueueMeta) -> QueueMeta:
         """Write a queue's metadata (fields other services stored are kept); return it."""
-        return await QUEUE_META.set(self, account_id, meta)
+        return await QUEUE_META.set(self._ctx, account_id, meta)
 
     async def get_queue_meta(self, account_id: str, name: str) -> QueueMeta | None:
         """The metadata of queue ``name``, or None (``HGET``)."""
-        return await QUEUE_META.get(self, account_id, name)
+        return await QUEUE_META.get(self._ctx, account_id, name)
 
     async def get_queues_meta(self, account_id: str) -> list[QueueMeta]:
         """The metadata of every queue of the account, sorted by name (``HGETALL``)."""
-        return await QUEUE_META.get_all(self, account_id)
+        return await QUEUE_META.get_all(self._ctx, account_id)
 
     async def delete_queue_meta(self, account_id: str, name: str) -> bool:
         """Delete a queue's metadata (the queue's items are untouched); True if it existed."""
-        return await QUEUE_META.delete(self, account_id, name)
+        return await QUEUE_META.delete(self._ctx, account_id, name)

@@ -4,21 +4,23 @@ DDIs, trunks, hooks, assets, addresses and queue metadata (direct Redis, no L1).
 A small :class:`RecordSpec` per kind (model, id attribute, argument names, hash
 key builder) drives :class:`Records`: get (``HGET``), get all (``HGETALL``), batch
 get (``HMGET``), merge-safe set and delete. The typed methods of
-:mod:`cal_redis.ops.account_data` and :mod:`cal_redis.ops.queues` are thin wrappers.
+:mod:`cal_redis.api.account_data` and :mod:`cal_redis.api.queues` are thin wrappers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .. import codec
 from ..errors import ValidationError
 from ..keys import KeyBuilder, validate_id
 from ..models import Model
-from . import _lua
-from ._direct import DirectOps
+from .writes import Target, check_model, owned, put
+
+if TYPE_CHECKING:
+    from .._context import Context
 
 __all__ = ("RecordSpec", "Records")
 
@@ -38,26 +40,26 @@ class RecordSpec(Generic[T]):
 
 
 class Records(Generic[T]):
-    """Operations of one record kind; ``host`` is the :class:`~cal_redis.CallableCache`."""
+    """Operations of one record kind over a cache's :class:`~cal_redis._context.Context`."""
 
     __slots__ = ("spec",)
 
     def __init__(self, spec: RecordSpec[T]) -> None:
         self.spec = spec
 
-    async def get(self, host: DirectOps, account_id: str, id_: str) -> T | None:
+    async def get(self, ctx: Context, account_id: str, id_: str) -> T | None:
         """One record, or None (``HGET``)."""
         validate_id(id_, self.spec.id_arg)
-        hkey = self.spec.hash_key(host.keys, account_id)
-        client = host._client
-        raw: bytes | None = await host.remote.read("HGET " + hkey, lambda: client.hget(hkey, id_))
+        hkey = self.spec.hash_key(ctx.keys, account_id)
+        client = ctx.remote.cmd
+        raw: bytes | None = await ctx.remote.read("HGET " + hkey, lambda: client.hget(hkey, id_))
         return None if raw is None else codec.decode(raw, self.spec.model, key=hkey, field=id_)
 
-    async def get_all(self, host: DirectOps, account_id: str) -> list[T]:
+    async def get_all(self, ctx: Context, account_id: str) -> list[T]:
         """Every record of the account, sorted by id (``HGETALL``)."""
-        hkey = self.spec.hash_key(host.keys, account_id)
-        client = host._client
-        raw: dict[bytes, bytes] = await host.remote.read(
+        hkey = self.spec.hash_key(ctx.keys, account_id)
+        client = ctx.remote.cmd
+        raw: dict[bytes, bytes] = await ctx.remote.read(
             "HGETALL " + hkey, lambda: client.hgetall(hkey)
         )
         items = sorted(raw.items())
@@ -66,44 +68,41 @@ class Records(Generic[T]):
         return [v for v in values if v is not None]
 
     async def get_batch(
-        self, host: DirectOps, account_id: str, ids: Sequence[str]
+        self, ctx: Context, account_id: str, ids: Sequence[str]
     ) -> list[T | None]:
         """Records by id in one ``HMGET``; order kept, None where missing."""
         if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
             raise ValidationError("ids", f"expected a sequence of ids, got {type(ids).__name__}")
         for i, id_ in enumerate(ids):
             validate_id(id_, f"ids[{i}]")
-        hkey = self.spec.hash_key(host.keys, account_id)
+        hkey = self.spec.hash_key(ctx.keys, account_id)
         if not ids:
             return []
-        client = host._client
+        client = ctx.remote.cmd
         fields = list(ids)
-        raws: list[bytes | None] = await host.remote.read(
+        raws: list[bytes | None] = await ctx.remote.read(
             "HMGET " + hkey, lambda: client.hmget(hkey, fields)
         )
         return codec.decode_batch(raws, self.spec.model, key=hkey, fields=fields)
 
-    async def set(self, host: DirectOps, account_id: str, obj: T) -> T:
+    async def set(self, ctx: Context, account_id: str, obj: T) -> T:
         """Write a record laid over the stored one (unknown fields kept); return it.
 
         ``obj.account_id`` must be this account or empty (then filled).
         """
         spec = self.spec
-        obj = host._check_model(obj, spec.model, spec.obj_arg)
+        obj = check_model(obj, spec.model, spec.obj_arg)
         id_ = validate_id(getattr(obj, spec.id_attr), spec.id_arg)
-        obj = host._owned(obj, account_id, spec.obj_arg)
-        hkey = spec.hash_key(host.keys, account_id)
-        data = host._json(obj, spec.obj_arg)
-        args = [id_, "", "0", "", "", ""]
-        await host._put_json(
-            f"HSET {hkey} {id_}", _lua.PUT, [hkey], obj, data, args, key=hkey, field=id_
-        )
+        obj = owned(obj, account_id, spec.obj_arg)
+        hkey = spec.hash_key(ctx.keys, account_id)
+        data = codec.check(obj, spec.obj_arg)
+        await put(ctx.remote, f"HSET {hkey} {id_}", Target(hkey, field=id_), obj, data)
         return obj
 
-    async def delete(self, host: DirectOps, account_id: str, id_: str) -> bool:
+    async def delete(self, ctx: Context, account_id: str, id_: str) -> bool:
         """Delete a record (``HDEL``); True if it existed."""
         validate_id(id_, self.spec.id_arg)
-        hkey = self.spec.hash_key(host.keys, account_id)
-        client = host._client
-        n: int = await host.remote.write("HDEL " + hkey, lambda: client.hdel(hkey, id_))
+        hkey = self.spec.hash_key(ctx.keys, account_id)
+        client = ctx.remote.cmd
+        n: int = await ctx.remote.write("HDEL " + hkey, lambda: client.hdel(hkey, id_))
         return n > 0

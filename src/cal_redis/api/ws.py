@@ -20,11 +20,12 @@ from functools import partial
 from typing import Any
 
 from .. import codec
+from ..engine import _lua
+from ..engine.writes import MAX_ATTEMPTS as MAX_CAS_RETRIES
 from ..errors import CalRedisError, SerializationError, ValidationError
 from ..keys import validate_id
 from ..models import WsConnection, now_ms
-from . import _lua
-from ._direct import MAX_CAS_RETRIES, DirectOps
+from ._base import DirectOps
 
 __all__ = ("WsOps",)
 
@@ -52,7 +53,7 @@ class WsOps(DirectOps):
             conn = await cache.add_connected_agent("acc42", "u1", "conn-7f3a", "node-1")
             [c.id for c in await cache.get_account_connections("acc42")]  # ['conn-7f3a']
         """
-        k = self.keys
+        k = self._ctx.keys
         validate_id(connection_id, "connection_id")
         validate_id(node_id, "node_id")
         keys = [
@@ -66,7 +67,7 @@ class WsOps(DirectOps):
             node_id=node_id, connected_at=now_ms(),
         )
         args = [connection_id, codec.encode(conn), user_id, account_id]
-        done = await self._eval("add connection " + connection_id, _lua.WS_ADD, keys, args)
+        done = await self._ctx.remote.script("add connection " + connection_id, _lua.WS_ADD, keys, args)
         if done != 1:
             raise ValidationError(
                 "connection_id", f"{connection_id!r} is registered to another user or account"
@@ -81,11 +82,11 @@ class WsOps(DirectOps):
         other connection of the user is left in the account. Two round trips: find
         the connection's user, then one atomic script that re-checks it.
         """
-        k = self.keys
+        k = self._ctx.keys
         validate_id(connection_id, "connection_id")
         index = k.ws_connections(account_id)
         for _ in range(MAX_CAS_RETRIES):
-            owner: bytes = await self._eval(
+            owner: bytes = await self._ctx.remote.script(
                 "find connection " + connection_id, _lua.WS_OWNER,
                 [k.WS_CONNECTIONS, index], [connection_id, account_id], read=True,
             )
@@ -100,7 +101,7 @@ class WsOps(DirectOps):
                 ) from err
             keys = [k.WS_CONNECTIONS, index, k.agents_connected(account_id),
                     k.agent_status(account_id, user_id)]
-            done = await self._eval(
+            done = await self._ctx.remote.script(
                 "remove connection " + connection_id, _lua.WS_REMOVE, keys,
                 [connection_id, user_id, account_id, ""],
             )
@@ -114,9 +115,9 @@ class WsOps(DirectOps):
         One round trip (a read-only script: the account's index, then ``HMGET`` of
         those ids in ``cal:ws:connections``); no other tenant's record is read.
         """
-        k = self.keys
+        k = self._ctx.keys
         index = k.ws_connections(account_id)
-        raws: list[bytes] = await self._eval(
+        raws: list[bytes] = await self._ctx.remote.script(
             "list connections " + index, _lua.WS_LIST, [index, k.WS_CONNECTIONS], [], read=True
         )
         conns = [codec.decode(r, WsConnection, key=k.WS_CONNECTIONS) for r in raws]
@@ -128,9 +129,9 @@ class WsOps(DirectOps):
         Global: a node routing a message by connection id learns the account here.
         """
         validate_id(connection_id, "connection_id")
-        key = self.keys.WS_CONNECTIONS
-        client = self._client
-        raw: bytes | None = await self.remote.read(
+        key = self._ctx.keys.WS_CONNECTIONS
+        client = self._ctx.remote.cmd
+        raw: bytes | None = await self._ctx.remote.read(
             "HGET " + key, lambda: client.hget(key, connection_id)
         )
         if raw is None:
@@ -147,14 +148,14 @@ class WsOps(DirectOps):
         node meanwhile is kept. Unreadable records are logged and skipped.
         """
         validate_id(node_id, "node_id")
-        k = self.keys
+        k = self._ctx.keys
         gkey = k.WS_CONNECTIONS
-        client = self._client
+        client = self._ctx.remote.cmd
         needle = node_id.encode()
         removed = 0
         cursor = 0
         while True:
-            page: tuple[int, dict[bytes, bytes]] = await self.remote.read(
+            page: tuple[int, dict[bytes, bytes]] = await self._ctx.remote.read(
                 "HSCAN " + gkey,
                 partial(client.hscan, gkey, cursor, count=_SCAN_COUNT),
             )
@@ -181,7 +182,7 @@ class WsOps(DirectOps):
                 return removed
 
     async def _remove_batch(self, jobs: list[tuple[list[str], list[str]]]) -> int:
-        client = self._client
+        client = self._ctx.remote.cmd
 
         async def call() -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
@@ -190,5 +191,5 @@ class WsOps(DirectOps):
                 replies: list[Any] = await pipe.execute()
                 return replies
 
-        replies = await self.remote.write("remove node connections", call)
+        replies = await self._ctx.remote.write("remove node connections", call)
         return sum(1 for r in replies if r == 1)

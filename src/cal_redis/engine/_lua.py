@@ -1,0 +1,326 @@
+"""The Lua scripts: the one write script and those of the direct-Redis operations.
+
+Each script runs atomically in one round trip (EVALSHA; EVAL loads it when the
+server's script cache is cold: :meth:`cal_redis.remote.Remote.script`). No script
+decodes and re-encodes a JSON value it stores (Redis' cjson is lossy: it turns
+``12345678901234567`` into ``1.2345678901235e+16`` and ``[]`` into ``{}``); merges are
+made in Python with msgspec and checked here byte for byte. Every key a script touches is passed in ``KEYS``,
+built by :class:`~cal_redis.keys.KeyBuilder`; no script formats a key. Scripts
+answer integers or bulk strings only (never Lua booleans, whose RESP3 form differs).
+"""
+
+from __future__ import annotations
+
+from ..remote import Script
+
+__all__ = (
+    "WRITE",
+    "AGENT_SET",
+    "SESSIONS_PRUNE",
+    "WS_ADD",
+    "WS_OWNER",
+    "WS_REMOVE",
+    "WS_LIST",
+)
+
+# The compare-and-set of the write scripts: nil to go on (and, in mode 'k', the
+# stored object decoded, to read its idents), else the refusal to answer. Decoding
+# only reads field names and strings: nothing decoded is ever stored.
+_CAS = r"""
+-- Equal JSON values as decoded, refusing what cjson cannot decode exactly (numbers
+-- beyond 2^53): such a value is never taken for unchanged.
+local function same(a, b)
+  if type(a) ~= type(b) then return false end
+  if type(a) == 'number' then return a == b and a > -9007199254740992 and a < 9007199254740992 end
+  if type(a) ~= 'table' then return a == b end
+  for k, v in pairs(a) do
+    if b[k] == nil or not same(v, b[k]) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+
+local function known_set(list)
+  local known = {}
+  for f in string.gmatch(list, '[^,]+') do known[f] = true end
+  return known
+end
+
+local function decode_object(raw)
+  local ok, o = pcall(cjson.decode, raw)
+  if ok and type(o) == 'table' then return o end
+  return nil
+end
+
+local function cas(old, mode, expect)
+  if mode == 'a' then
+    if old then return old end
+  elseif mode == 'e' then
+    if not old then return 0 end
+    if old ~= expect then return old end
+  elseif mode == 'x' and not old then
+    return 0
+  elseif (mode == 'k' or mode == 'x') and old then
+    local o = decode_object(old)
+    if not o then return old end
+    local known = known_set(expect)
+    for f in pairs(o) do
+      if not known[f] then return old end
+    end
+    return nil, o
+  elseif mode == 'f' then
+    if not old then return 0 end
+    local nl = string.find(expect, '\n', 1, true)
+    local exp = string.sub(expect, nl + 1)
+    if old == exp then return nil end
+    local o, e = decode_object(old), decode_object(exp)
+    if not o or not e then return old end
+    local known = known_set(string.sub(expect, 1, nl - 1))
+    for f, v in pairs(o) do
+      if not known[f] and (e[f] == nil or not same(v, e[f])) then return old end
+    end
+    for f in pairs(e) do
+      if not known[f] and o[f] == nil then return old end
+    end
+    return nil, o
+  end
+  return nil
+end
+"""
+
+# Helpers shared by the direct-Redis scripts below (unused locals cost nothing).
+_PRELUDE = _CAS + r"""
+-- Set the top-level "connected" field of the AgentStatus JSON at `skey`, if one
+-- exists, by editing the text (no re-encoding: other fields stay byte-identical).
+-- Each candidate edit is verified by decoding (a nested look-alike is skipped);
+-- when no edit can be made safely nothing is written.
+local function set_connected(skey, want)
+  local raw = redis.call('GET', skey)
+  if not raw then return end
+  local ok, obj = pcall(cjson.decode, raw)
+  if not ok or type(obj) ~= 'table' then return end
+  local cur = obj['connected']
+  if cur == want then return end
+  local function try(cand)
+    local ok2, chk = pcall(cjson.decode, cand)
+    if ok2 and type(chk) == 'table' and chk['connected'] == want then
+      redis.call('SET', skey, cand, 'KEEPTTL')
+      return true
+    end
+    return false
+  end
+  if cur == nil then
+    local i = string.find(raw, '{', 1, true)
+    if not i then return end
+    local rest = string.sub(raw, i + 1)
+    local sep = ','
+    if string.match(rest, '^%s*}') then sep = '' end
+    try(string.sub(raw, 1, i) .. '"connected":' .. tostring(want) .. sep .. rest)
+    return
+  end
+  if type(cur) ~= 'boolean' then return end
+  local pat = '"connected"(%s*):(%s*)' .. tostring(cur)
+  local init = 1
+  while true do
+    local s, e, a, b = string.find(raw, pat, init)
+    if not s then return end
+    local cand = string.sub(raw, 1, s - 1) .. '"connected"' .. a .. ':' .. b
+                 .. tostring(want) .. string.sub(raw, e + 1)
+    if try(cand) then return end
+    init = e + 1
+  end
+end
+"""
+
+#: The one write: a value (hash field or string key), its ident mappings, a member
+#: set and its event, atomically, as a compare-and-set against the stored value the
+#: write was computed from. Values are compared byte for byte and never re-encoded
+#: here. Every key is in KEYS, so all of them can share one cluster slot.
+#: KEYS[1] the value's key (a hash if ARGV[3] ~= '', else a string key);
+#:   flag 'i': KEYS[2] the idents hash; flag 'm': the last key, a set of members.
+#: ARGV[1] mode: 'a' the value must be absent; 'e' it must equal ARGV[2]; 'k' it must
+#:   be absent or a JSON object with no field outside ARGV[2] (comma-separated field
+#:   names; its idents in the fields ARGV[12] names are then dropped); 'x' as 'k' but
+#:   the value must exist; 'f' (a replacing write merged over a stored value) its
+#:   fields outside the known ones must be those of the value merged over (ARGV[2]:
+#:   known field names, a newline, that value), so writers that replace only known
+#:   fields never make each other retry; '*' anything.
+#: ARGV[3] hash field ('' = string key); ARGV[4] new value; ARGV[5] 's' set / 'd' delete;
+#: ARGV[6] TTL of a string key: '' keep it (KEEPTTL), '-' none, else PX milliseconds;
+#: ARGV[7] channel ('' = no event); ARGV[8] the event; ARGV[9] the event to publish
+#:   instead when no value was stored ('' = ARGV[8]); ARGV[10] flags;
+#: ARGV[11] the id (what idents map to, the member); ARGV[12] ident field names;
+#: ARGV[13] n, then n idents to drop (only those still mapping to the id), then the
+#:   idents to add.
+#: Reply: 1 written (a value was stored before), 2 written (none was), 0 refused
+#: (a value was expected, none is stored), the stored value (refused: it differs).
+_WRITE = r"""
+local field = ARGV[3]
+local old
+if field == '' then old = redis.call('GET', KEYS[1])
+else old = redis.call('HGET', KEYS[1], field) end
+local refused, o = cas(old, ARGV[1], ARGV[2])
+if refused then return refused end
+local stale = {}
+if o then
+  for f in string.gmatch(ARGV[12], '[^,]+') do
+    local v = o[f]
+    if type(v) == 'string' and v ~= '' then stale[#stale + 1] = v end
+  end
+end
+local flags, id = ARGV[10], ARGV[11]
+if ARGV[5] == 'd' then
+  if field == '' then redis.call('DEL', KEYS[1]) else redis.call('HDEL', KEYS[1], field) end
+  if string.find(flags, 'm', 1, true) then redis.call('SREM', KEYS[#KEYS], id) end
+else
+  if field ~= '' then redis.call('HSET', KEYS[1], field, ARGV[4])
+  elseif ARGV[6] == '' then redis.call('SET', KEYS[1], ARGV[4], 'KEEPTTL')
+  elseif ARGV[6] == '-' then redis.call('SET', KEYS[1], ARGV[4])
+  else redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[6]) end
+  if string.find(flags, 'm', 1, true) then redis.call('SADD', KEYS[#KEYS], id) end
+end
+if string.find(flags, 'i', 1, true) then
+  local n = tonumber(ARGV[13])
+  for i = 14, 13 + n do stale[#stale + 1] = ARGV[i] end
+  for _, v in ipairs(stale) do
+    if redis.call('HGET', KEYS[2], v) == id then redis.call('HDEL', KEYS[2], v) end
+  end
+  for i = 14 + n, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], id) end
+end
+if ARGV[7] ~= '' then
+  local event = ARGV[8]
+  if not old and ARGV[9] ~= '' then event = ARGV[9] end
+  redis.call('PUBLISH', ARGV[7], event)
+end
+if old then return 1 end
+return 2
+"""
+
+#: Agent status and its set memberships and name, atomically (merge-safe status JSON).
+#: KEYS: status, registered, available, connected, by_user.
+#: ARGV: mode, expected (compare-and-set as in the write script: modes a, e, k), json, user_id,
+#: registered, available, connected ('1'/'0'), name. Reply as the write script's.
+_AGENT_SET = r"""
+local old = redis.call('GET', KEYS[1])
+local refused = cas(old, ARGV[1], ARGV[2])
+if refused then return refused end
+redis.call('SET', KEYS[1], ARGV[3])
+for i = 2, 4 do
+  if ARGV[i + 3] == '1' then redis.call('SADD', KEYS[i], ARGV[4])
+  else redis.call('SREM', KEYS[i], ARGV[4]) end
+end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[5], ARGV[4], ARGV[8])
+else redis.call('HDEL', KEYS[5], ARGV[4]) end
+if old then return 1 end
+return 2
+"""
+
+#: Drop the members of the active-sessions set whose session key is gone; answer the
+#: live ones. KEYS: active set, then one session key per ARGV id (same order).
+_SESSIONS_PRUNE = r"""
+local alive = {}
+for i = 1, #ARGV do
+  if redis.call('EXISTS', KEYS[i + 1]) == 1 then alive[#alive + 1] = ARGV[i]
+  else redis.call('SREM', KEYS[1], ARGV[i]) end
+end
+return alive
+"""
+
+#: Register a websocket connection. A connection id held by another account or user
+#: is refused (answer 0): no tenant can take over another's routing entry.
+#: KEYS: ws connections hash, account's connection index, agents:connected, status.
+#: ARGV: connection_id, WsConnection JSON, user_id, account_id.
+_WS_ADD = r"""
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local ok, rec = pcall(cjson.decode, cur)
+  if not ok or type(rec) ~= 'table' or rec['account_id'] ~= ARGV[4]
+     or rec['user_id'] ~= ARGV[3] then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
+set_connected(KEYS[4], true)
+return 1
+"""
+
+#: The user of a connection of this account ('' if none): the index entry, else a
+#: connection record that names this account. Read-only.
+#: KEYS: ws connections hash, account's index. ARGV: connection_id, account_id.
+_WS_OWNER = r"""
+local u = redis.call('HGET', KEYS[2], ARGV[1])
+if u then return u end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and type(rec) == 'table' and rec['account_id'] == ARGV[2]
+     and type(rec['user_id']) == 'string' then
+    return rec['user_id']
+  end
+end
+return ''
+"""
+
+#: Remove one connection of this account and user; the user leaves agents:connected
+#: (and its status "connected" turns false) only when no other connection of the
+#: user is left in the account. A record of another account is never touched.
+#: Answers 1 removed, 0 nothing to remove (or moved to another node), -1 stale view.
+#: KEYS: ws connections hash, account's index, agents:connected, status of the user.
+#: ARGV: connection_id, user_id, account_id, node_id ('' = any node).
+_WS_REMOVE = r"""
+local idx_user = redis.call('HGET', KEYS[2], ARGV[1])
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local mine = false
+if cur then
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and type(rec) == 'table' and rec['account_id'] == ARGV[3] then
+    if rec['user_id'] ~= ARGV[2] then return -1 end
+    if ARGV[4] ~= '' and rec['node_id'] ~= ARGV[4] then return 0 end
+    mine = true
+  end
+end
+if not mine then
+  if not idx_user then return 0 end
+  if idx_user ~= ARGV[2] then return -1 end
+end
+if mine then redis.call('HDEL', KEYS[1], ARGV[1]) end
+redis.call('HDEL', KEYS[2], ARGV[1])
+for _, u in ipairs(redis.call('HVALS', KEYS[2])) do
+  if u == ARGV[2] then return 1 end
+end
+redis.call('SREM', KEYS[3], ARGV[2])
+set_connected(KEYS[4], false)
+return 1
+"""
+
+#: The connection records of one account, through its index (read-only).
+#: KEYS: account's index, ws connections hash.
+_WS_LIST = r"""
+local ids = redis.call('HKEYS', KEYS[1])
+local out = {}
+for i = 1, #ids, 500 do
+  local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
+  local vals = redis.call('HMGET', KEYS[2], unpack(chunk))
+  for j = 1, #chunk do
+    if vals[j] then out[#out + 1] = vals[j] end
+  end
+end
+return out
+"""
+
+
+def _script(name: str, body: str) -> Script:
+    return Script(name, _PRELUDE + body)
+
+
+WRITE = Script("write", _CAS + _WRITE)
+AGENT_SET = _script("agent_set", _AGENT_SET)
+SESSIONS_PRUNE = _script("sessions_prune", _SESSIONS_PRUNE)
+WS_ADD = _script("ws_add", _WS_ADD)
+WS_OWNER = _script("ws_owner", _WS_OWNER)
+WS_REMOVE = _script("ws_remove", _WS_REMOVE)
+WS_LIST = _script("ws_list", _WS_LIST)

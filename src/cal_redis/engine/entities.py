@@ -1,0 +1,562 @@
+"""The one generic engine behind every hash-field entity (regions, proxies, accounts,
+users, devices).
+
+A small declarative :class:`EntitySpec` per entity (namespace, key builders, model
+type, idents, scope) drives :class:`Entities`: cache-first get, get by ident, list,
+one-round-trip batch get, all through the one :class:`~.single_flight.SingleFlight`,
+and writes (set, partial update, delete) through the one write path
+(:func:`~.writes.write`): entity, ident mappings and event in one script.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
+
+from .. import codec
+from ..errors import CalRedisError, NotFoundError, SerializationError, ValidationError
+from ..keys import KeyBuilder, validate_id, validate_ident, validate_ids
+from ..models import Event, Model
+from .single_flight import SingleFlight
+from .writes import KNOWN, Guess, Step, Target, write
+
+if TYPE_CHECKING:
+    from .._context import Context
+    from .._fast import LRUCache
+
+__all__ = ("EntitySpec", "Entities")
+
+T = TypeVar("T", bound=Model)
+
+_IDENT = "\x00ident"  # marks ident -> id entries in the entity's L1 namespace
+_get_id = attrgetter("id")
+
+
+@dataclass(frozen=True, slots=True)
+class EntitySpec(Generic[T]):
+    """What distinguishes one cache-first entity from another."""
+
+    kind: str  # event prefix and error name, e.g. "User"
+    namespace: str  # L1 namespace, e.g. "users"
+    model: type[T]
+    hash_key: Callable[[KeyBuilder, str | None], str]
+    idents_key: Callable[[KeyBuilder, str | None], str] | None = None
+    ident_fields: tuple[str, ...] = ()
+    scoped: bool = False  # account-scoped keys (devices)
+
+
+class Entities(Generic[T]):
+    """Cache-first operations of one entity over L1 and L2 (see the module docstring)."""
+
+    __slots__ = (
+        "_ctx",
+        "_decode",
+        "_gate",
+        "_global_hkey",
+        "_id_arg",
+        "_known",
+        "_remote",
+        "flights",
+        "l1",
+        "pending",
+        "spec",
+    )
+
+    def __init__(self, spec: EntitySpec[T], ctx: Context) -> None:
+        self.spec = spec
+        self._ctx = ctx
+        self._remote = ctx.remote
+        self._gate = ctx.gate
+        self.l1: LRUCache = ctx.local[spec.namespace]
+        self.flights: SingleFlight[Hashable, T | None] = SingleFlight()
+        # Own writes whose echo has not come back yet: L1 key -> count. Foreign
+        # events for such a key are older than our write and must not win.
+        self.pending: dict[Hashable, int] = {}
+        self._decode = codec.decoder(spec.model).decode
+        self._id_arg = spec.kind.lower() + "_id"
+        self._global_hkey = "" if spec.scoped else spec.hash_key(ctx.keys, None)
+        self._known = codec.known_fields(spec.model)
+
+    @property
+    def joins(self) -> int:
+        """Callers that joined another caller's load."""
+        return self.flights.joins
+
+    # -- keys -------------------------------------------------------------------------
+    def l1_key(self, account_id: str | None, id_: str) -> Hashable:
+        """The L1 key of an entity."""
+        return (account_id, id_) if self.spec.scoped else id_
+
+    def _ident_l1_key(self, account_id: str | None, ident: str) -> Hashable:
+        return (account_id, _IDENT, ident) if self.spec.scoped else (_IDENT, ident)
+
+    def _hkey(self, account_id: str | None) -> str:
+        if self.spec.scoped:
+            validate_id(account_id, "account_id")
+        return self.spec.hash_key(self._ctx.keys, account_id)
+
+    def idents_of(self, obj: Any) -> frozenset[str]:
+        """The non-empty ident values of an entity (or of a decoded dict)."""
+        fields = self.spec.ident_fields
+        if isinstance(obj, dict):
+            values = [obj.get(f) for f in fields]
+        else:
+            values = [getattr(obj, f, None) for f in fields]
+        return frozenset(v for v in values if isinstance(v, str) and v)
+
+    def _weight(self, json_len: int) -> int:
+        return self._ctx.local.weight(self.spec.namespace, json_len)
+
+    def _checked(self, value: T, hkey: str, id_: str, account_id: str | None) -> T:
+        """``value`` read from ``hkey``/``id_`` if it is that entity, else SerializationError."""
+        if value.id != id_:  # type: ignore[attr-defined]
+            raise SerializationError(
+                f"stored {self.spec.kind} has id {value.id!r}", key=hkey, field=id_  # type: ignore[attr-defined]
+            )
+        if self.spec.scoped and getattr(value, "account_id", "") not in ("", account_id):
+            raise SerializationError(
+                f"stored {self.spec.kind} belongs to account "
+                f"{getattr(value, 'account_id')!r}",  # noqa: B009
+                key=hkey, field=id_,
+            )
+        return value
+
+    # -- reads ------------------------------------------------------------------------
+    async def get(self, account_id: str | None, id_: str) -> T | None:
+        """Cache-first get by id: L1, else one HGET (single-flight) and a fenced fill."""
+        key = self.l1_key(account_id, id_)
+        try:
+            hit: T | None = self.l1.get(key)
+        except TypeError:
+            hit = None  # unhashable id: load() names the argument
+        if hit is not None:
+            return hit
+        return await self.load(account_id, id_)
+
+    async def load(self, account_id: str | None, id_: str) -> T | None:
+        """L1 miss path of :meth:`get`: validate, single-flight HGET, decode, fenced fill."""
+        validate_id(id_, self._id_arg)
+        hkey = self._global_hkey or self._hkey(account_id)
+        key = (account_id, id_) if self.spec.scoped else id_
+        return await self.flights.run(key, lambda: self._fetch(hkey, key, account_id, id_))
+
+    async def _fetch(self, hkey: str, key: Hashable, account_id: str | None, id_: str) -> T | None:
+        l1 = self.l1
+        token = l1.begin_fill()
+        try:
+            remote = self._remote
+            raw: bytes | None = await remote.read("HGET " + hkey, remote.cmd.hget, hkey, id_)
+            if raw is None:
+                return None
+            try:
+                value: T = self._decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                codec.decode(raw, self.spec.model, key=hkey, field=id_)  # raises, named
+                raise
+            self._checked(value, hkey, id_, account_id)
+            if self._gate.fill_ok:
+                l1.set_if_fresh(key, value, self._weight(len(raw)), token)
+            return value
+        finally:
+            l1.end_fill()
+
+    async def get_by_ident(self, account_id: str | None, ident: str) -> T | None:
+        """Resolve an ident (hash ``*:idents`` → id) then get the entity, both cache-first.
+
+        A cached mapping is verified against the entity it points to, so a
+        mapping left stale by a rename can never return the wrong entity.
+        """
+        spec = self.spec
+        if spec.idents_key is None:
+            raise CalRedisError(f"{spec.kind} has no idents")
+        validate_ident(ident, "ident")
+        if spec.scoped:
+            validate_id(account_id, "account_id")
+        ikey_hash = spec.idents_key(self._ctx.keys, account_id if spec.scoped else None)
+        ikey = self._ident_l1_key(account_id, ident)
+        l1 = self.l1
+        cached_id = l1.get(ikey)
+        if cached_id is not None:
+            ent = await self.get(account_id, cached_id)
+            if ent is not None and ident in self.idents_of(ent):
+                return ent
+            l1.invalidate(ikey)
+        token = l1.begin_fill()
+        try:
+            remote = self._remote
+            raw_id: bytes | None = await remote.read(
+                "HGET " + ikey_hash, remote.cmd.hget, ikey_hash, ident
+            )
+            if raw_id is None:
+                return None
+            try:
+                id_ = validate_id(raw_id.decode(), "id")
+            except (UnicodeDecodeError, ValidationError) as err:
+                raise SerializationError(
+                    f"ident maps to an invalid id {raw_id!r}", key=ikey_hash, field=ident
+                ) from err
+            ent = await self.get(account_id, id_)
+            if ent is None or ident not in self.idents_of(ent):
+                return None  # dangling mapping: the entity moved on or is gone
+            if self._gate.fill_ok:
+                l1.set_if_fresh(ikey, id_, self._weight(len(ident) + len(id_)), token)
+            return ent
+        finally:
+            l1.end_fill()
+
+    async def get_all(self, account_id: str | None) -> list[T]:
+        """Every entity straight from Redis (HGETALL), decoded; L1 is not consulted."""
+        hkey = self._hkey(account_id)
+        remote = self._remote
+        raw: dict[bytes, bytes] = await remote.read("HGETALL " + hkey, remote.cmd.hgetall, hkey)
+        fields = [f.decode(errors="replace") for f in raw]
+        values = codec.decode_batch(list(raw.values()), self.spec.model, key=hkey, fields=fields)
+        return [self._checked(v, hkey, f, account_id) for v, f in zip(values, fields, strict=True)
+                if v is not None]
+
+    async def get_batch(self, account_id: str | None, ids: Sequence[str]) -> list[T | None]:
+        """Batch get: L1 first, all misses in one round trip, order kept, ``None`` where
+        missing. Ids already being loaded by another caller are awaited, not fetched again.
+        """
+        if isinstance(ids, str | bytes) or not isinstance(ids, Sequence):
+            raise ValidationError("ids", f"expected a sequence of ids, got {type(ids).__name__}")
+        id_list: list[Any] = ids if type(ids) is list else list(ids)
+        scoped = self.spec.scoped
+        keys: list[Hashable] = [(account_id, i) for i in id_list] if scoped else id_list
+        try:
+            out: list[T | None] = self.l1.get_many(keys)
+        except TypeError:
+            validate_ids(id_list, "ids")  # names the unhashable (non-str) id
+            raise
+        n_miss = out.count(None)
+        if not n_miss:
+            return out
+        # The misses: their keys, each once, and where they go in ``out``; ``dups``:
+        # later positions of a key asked for twice.
+        pos: Sequence[int] = range(len(out))
+        mkeys = keys
+        if n_miss != len(out):
+            pos = [i for i, v in enumerate(out) if v is None]
+            mkeys = [keys[i] for i in pos]
+        dups: list[tuple[int, list[int]]] = []
+        if len(set(mkeys)) != len(mkeys):
+            first: dict[Hashable, list[int]] = {}
+            for i, k in zip(pos, mkeys, strict=True):
+                first.setdefault(k, []).append(i)
+            mkeys = list(first)
+            pos = [p[0] for p in first.values()]
+            dups = [(p[0], p[1:]) for p in first.values() if len(p) > 1]
+        mids: list[object] = [k[1] for k in mkeys] if scoped else mkeys  # type: ignore[index]
+        try:
+            validate_ids(mids, "ids")
+        except ValidationError:
+            for i, id_ in zip(pos, mids, strict=True):  # name the position in the caller's list
+                validate_id(id_, f"ids[{i}]")
+            raise
+        hkey = self._global_hkey or self._hkey(account_id)
+
+        async def load_many(fetch: list[Hashable]) -> list[T | None]:
+            return await self._fetch_batch(hkey, fetch, account_id)
+
+        async def load_one(key: Hashable) -> T | None:
+            return await self.load(account_id, key[1] if scoped else key)  # type: ignore[index,arg-type]
+
+        values = await self.flights.run_many(mkeys, load_many, load_one)
+        if len(values) == len(out):
+            out = values  # every id missed, each once: already in the caller's order
+        else:
+            for i, value in zip(pos, values, strict=True):
+                out[i] = value
+        for i, later in dups:
+            for j in later:
+                out[j] = out[i]
+        return out
+
+    async def _fetch_batch(
+        self, hkey: str, keys: list[Hashable], account_id: str | None
+    ) -> list[T | None]:
+        """One round trip of HMGETs for ``keys`` (none in flight), decoded in order,
+        checked, and filled into L1 (fenced)."""
+        ids: list[str] = [k[1] for k in keys] if self.spec.scoped else keys  # type: ignore[index,assignment]
+        l1 = self.l1
+        token = l1.begin_fill()
+        try:
+            raws = await self._remote.hmget("HMGET " + hkey, hkey, ids)
+            values = codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)
+            try:
+                sizes = list(map(len, raws))  # type: ignore[arg-type]
+            except TypeError:  # some ids are missing (None): check and fill the others
+                got = [j for j, r in enumerate(raws) if r is not None]
+                fkeys = [keys[j] for j in got]
+                fvalues: list[Any] = [values[j] for j in got]
+                self._check_batch(fvalues, [ids[j] for j in got], hkey, account_id)
+                sizes = [len(raws[j]) for j in got]  # type: ignore[arg-type]
+            else:
+                fkeys, fvalues = keys, values
+                self._check_batch(fvalues, ids, hkey, account_id)  # type: ignore[arg-type]
+            if self._gate.fill_ok:
+                l1.set_many_if_fresh(
+                    fkeys, fvalues, sizes, token,
+                    extra_weight=self._ctx.local.overhead(self.spec.namespace),
+                )
+            return values
+        finally:
+            l1.end_fill()
+
+    def _check_batch(self, values: list[T], ids: list[str], hkey: str, account_id: str | None) -> None:
+        if list(map(_get_id, values)) != ids or (
+            self.spec.scoped
+            and any(getattr(v, "account_id", "") not in ("", account_id) for v in values)
+        ):
+            for v, id_ in zip(values, ids, strict=True):
+                self._checked(v, hkey, id_, account_id)
+
+    # -- writes -----------------------------------------------------------------------
+    def _owned(self, account_id: str | None, obj: T) -> T:
+        if not isinstance(obj, self.spec.model):
+            raise ValidationError(
+                self.spec.kind.lower(),
+                f"expected {self.spec.model.__name__}, got {type(obj).__name__}",
+            )
+        if self.spec.scoped:
+            validate_id(account_id, "account_id")
+            owner = getattr(obj, "account_id", "")
+            if owner and owner != account_id:
+                raise ValidationError(
+                    "account_id",
+                    f"{self.spec.kind} {getattr(obj, 'id')!r} belongs to account {owner!r}",  # noqa: B009
+                )
+            if not owner:
+                obj = msgspec.structs.replace(obj, account_id=account_id)
+        return obj
+
+    def _guess(self, key: Hashable) -> bytes | None:
+        """What this instance believes is stored: its L1 copy, re-encoded (None: no copy)."""
+        held = self.l1.peek(key)
+        return None if held is None else codec.encode(held)
+
+    async def set(self, account_id: str | None, obj: T) -> T:
+        """Write ``obj`` (merged over fields other services wrote), its idents and event.
+
+        One round trip when nothing is stored, when the stored value has only fields
+        this version knows, or when L1 holds it; two otherwise.
+        """
+        obj = self._owned(account_id, obj)
+        id_ = validate_id(getattr(obj, "id"), self._id_arg)  # noqa: B009
+        fresh = codec.check(obj, self.spec.kind.lower())
+        new_idents = self.idents_of(obj)
+        for ident in new_idents:
+            validate_ident(ident, "ident")
+        hkey = self._hkey(account_id)
+
+        def compute(stored: Guess) -> Step[T]:
+            data = codec.merge_encode(stored, obj, key=hkey, field=id_) if isinstance(
+                stored, bytes) else fresh
+            return self._step(account_id, id_, stored, obj, data, new_idents)
+
+        guess: Guess = self._guess(self.l1_key(account_id, id_))
+        if guess is None:
+            guess = KNOWN  # absent, or nothing unknown stored: replace as it is
+        result = await self._write(account_id, id_, compute, guess, replace=True)
+        assert result is not None
+        return result
+
+    async def update(self, account_id: str | None, id_: str, changes: dict[str, Any]) -> T:
+        """Change some fields of the stored entity; every field of the model is written
+        (a stored record missing fields comes back complete), unknown stored fields are
+        kept, a concurrent update of the same entity is never lost."""
+        spec = self.spec
+        validate_id(id_, self._id_arg)
+        if not changes:
+            raise ValidationError("changes", "nothing to update")
+        if "id" in changes or (spec.scoped and "account_id" in changes):
+            raise ValidationError("changes", "the id and the owning account cannot change")
+        converted = codec.check_changes(spec.model, changes)
+        for name in spec.ident_fields:
+            value = converted.get(name)
+            if isinstance(value, str) and value:
+                validate_ident(value, name)
+        hkey = self._hkey(account_id)
+
+        def compute(stored: Guess) -> Step[T]:
+            if not isinstance(stored, bytes):
+                raise NotFoundError(spec.kind, id_)
+            value, data = codec.merge_update(stored, spec.model, converted, key=hkey, field=id_)
+            return self._step(account_id, id_, stored, value, data, self.idents_of(value))
+
+        key = self.l1_key(account_id, id_)
+        guess = self._guess(key)
+        if guess is None:
+            remote = self._remote
+            guess = await remote.read("HGET " + hkey, remote.cmd.hget, hkey, id_)
+        result = await self._write(account_id, id_, compute, guess)
+        assert result is not None
+        return result
+
+    async def delete(self, account_id: str | None, id_: str) -> bool:
+        """Delete the entity and the ident mappings that point to it; True if it existed."""
+        validate_id(id_, self._id_arg)
+        self._hkey(account_id)
+
+        def compute(stored: Guess) -> Step[T]:
+            old = self._stored_idents(stored)
+            event = codec.event(self.spec.kind + "Delete", id_, origin=self._ctx.instance_id,
+                                account_id=account_id if self.spec.scoped else None)
+            return Step(None, event, drop_idents=sorted(old))
+
+        key = self.l1_key(account_id, id_)
+        existed: list[bool] = []
+        await self._write(account_id, id_, compute, self._guess(key), existed)
+        return existed[0]
+
+    def _step(
+        self, account_id: str | None, id_: str, stored: Guess, value: T, data: bytes,
+        new_idents: frozenset[str],
+    ) -> Step[T]:
+        kind = self.spec.kind
+        owner = account_id if self.spec.scoped else (getattr(value, "account_id", None) or None)
+        origin = self._ctx.instance_id
+        event = codec.event(kind + ("Create" if stored is None else "Update"), id_,
+                            origin=origin, account_id=owner, data=data)
+        event_if_new = b""
+        if stored is KNOWN:
+            event_if_new = codec.event(kind + "Create", id_, origin=origin, account_id=owner,
+                                       data=data)
+        drop = sorted(self._stored_idents(stored) - new_idents)
+        return Step(data, event, event_if_new, drop, sorted(new_idents), value)
+
+    async def _write(
+        self,
+        account_id: str | None,
+        id_: str,
+        compute: Callable[[Guess], Step[T]],
+        guess: Guess,
+        existed: list[bool] | None = None,
+        *,
+        replace: bool = False,
+    ) -> T | None:
+        spec = self.spec
+        keys = self._ctx.keys
+        target = Target(
+            key=self._hkey(account_id),
+            field=id_,
+            idents_key=spec.idents_key(keys, account_id) if spec.idents_key else None,
+            channel=keys.account_events(account_id) if spec.scoped else keys.EVENTS,  # type: ignore[arg-type]
+            id=id_,
+            known=self._known,
+            ident_fields=",".join(spec.ident_fields),
+        )
+        key = self.l1_key(account_id, id_)
+        l1 = self.l1
+        held = l1.peek(key)
+        track = self._gate.track
+        if track:
+            self.pending[key] = self.pending.get(key, 0) + 1
+        # Fenced like a fill: if an event (newer than our write: older ones are
+        # "superseded" while pending) or a flush touches the key before we store
+        # our value below, the store is refused and the key invalidated instead.
+        token = l1.begin_fill()
+        try:
+            outcome = await write(
+                self._remote, f"write {spec.kind} {id_!r}", target, compute, guess,
+                replace=replace,
+            )
+        except BaseException:
+            l1.end_fill()
+            # Failed, or outcome unknown: L1 must not hold what Redis may not have.
+            if track:
+                self._unpend(key)
+            l1.invalidate(key)
+            raise
+        # Own L1: our write is the newest for this key until our echo comes back.
+        try:
+            step = outcome.step
+            if existed is not None:
+                existed.append(outcome.existed)
+            old_idents = self._stored_idents(outcome.before) | (
+                self.idents_of(held) if held is not None else frozenset()
+            )
+            for ident in old_idents - frozenset(step.add_idents):
+                l1.invalidate(self._ident_l1_key(account_id, ident))
+            value: T | None = step.result
+            if value is None or step.value is None:
+                l1.invalidate(key)
+                return None
+            if not (self._gate.fill_ok and l1.set_if_fresh(
+                    key, value, self._weight(len(step.value)), token)):
+                l1.invalidate(key)
+            return value
+        finally:
+            l1.end_fill()
+
+    def _unpend(self, key: Hashable) -> None:
+        count = self.pending.get(key, 0) - 1
+        if count > 0:
+            self.pending[key] = count
+        else:
+            self.pending.pop(key, None)
+
+    def _stored_idents(self, stored: Guess) -> frozenset[str]:
+        if not isinstance(stored, bytes) or not self.spec.ident_fields:
+            return frozenset()
+        try:
+            return self.idents_of(msgspec.json.decode(stored))
+        except msgspec.DecodeError:
+            return frozenset()  # malformed old value: nothing to clean up reliably
+
+    # -- events -----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget pending own writes (L1 was flushed: nothing is left to protect)."""
+        self.pending.clear()
+
+    def drop_local(self, action: str, event: Event, account_id: str | None) -> None:
+        """This instance published ``event`` by hand: drop what it names from L1."""
+        if action == "Sync":
+            self.l1.invalidate_all()
+        else:
+            self.l1.invalidate(self.l1_key(account_id, event.id))
+
+    def apply_event(self, action: str, event: Event, account_id: str | None) -> str:
+        """Apply one event of this entity to L1; return what was done (for counters).
+
+        ``Create``/``Update`` with data refresh the entry, without data invalidate it;
+        ``Delete`` invalidates; ``Sync`` drops the namespace. An own echo only
+        settles the pending count; a foreign event older than a pending own write
+        is ignored. Data that cannot be decoded, or names another entity, still
+        invalidates the key, then raises SerializationError (counted as malformed).
+        """
+        l1 = self.l1
+        if action == "Sync":
+            l1.invalidate_all()
+            self.pending.clear()
+            return "sync"
+        id_ = validate_id(event.id, "id")
+        if self.spec.scoped:
+            validate_id(account_id, "account_id")
+        key = self.l1_key(account_id, id_)
+        if event.origin == self._ctx.instance_id:
+            self._unpend(key)
+            return "echo"
+        if key in self.pending:
+            return "superseded"
+        old = l1.peek(key)
+        if old is not None:
+            for ident in self.idents_of(old):
+                l1.invalidate(self._ident_l1_key(account_id, ident))
+        if action in ("Create", "Update") and event.has_data:
+            l1.invalidate(key)  # whatever the data turns out to be, the old value is gone
+            raw = bytes(event.data)
+            value = codec.decode(raw, self.spec.model, key="event " + self.spec.kind, field=id_)
+            if getattr(value, "id", None) != id_:
+                raise SerializationError(f"event id {id_!r} does not match its data")
+            if self.spec.scoped and getattr(value, "account_id", "") not in ("", account_id):
+                raise SerializationError(f"event data of {id_!r} belongs to another account")
+            if self._gate.fill_ok:
+                l1.set(key, value, self._weight(len(raw)))
+                return "refresh"
+        l1.invalidate(key)
+        return "invalidate"

@@ -1,0 +1,191 @@
+"""Cache-first values kept one per Redis string key (trunk IP -> account, flow states),
+on the same parts as the hash-field entities: the one single-flight, fenced fills,
+the one write path.
+
+A fill never outlives the key: with ``with_ttl`` the read is ``GET`` + ``PTTL`` in one
+MULTI and the L1 entry takes the key's remaining TTL. A fill overtaken by a write or
+an event is refused (fenced) and the read repeated once, so the entry is cached after
+all. Events never *refresh* an entry (one may be older than a write this instance
+made since): an event whose data equals the cached value keeps it, any other drops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..errors import SerializationError
+from ..keys import validate_id
+from ..models import Event
+from .single_flight import SingleFlight
+from .writes import Guess, Outcome, Step, Target, write
+
+if TYPE_CHECKING:
+    from .._context import Context
+    from .._fast import LRUCache
+
+__all__ = ("TtlKeySpec", "TtlKeys")
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class TtlKeySpec(Generic[V]):
+    """What distinguishes one kind of string-key value from another."""
+
+    kind: str  # event prefix, e.g. "TrunkIp"
+    namespace: str  # L1 namespace
+    scoped: bool  # account-scoped (events on the account channel)
+    #: ``(raw, key, id) -> value``; raises SerializationError naming the key.
+    decode: Callable[[bytes, str, str], V]
+    #: Read the key's remaining TTL with the value (fills never outlive the key).
+    with_ttl: bool = False
+    #: ``(id) -> id`` validating/canonicalising the id of an event.
+    event_id: Callable[[str], str] = lambda i: validate_id(i, "id")
+
+
+class TtlKeys(Generic[V]):
+    """Cache-first reads and the writes of one kind of string-key value."""
+
+    __slots__ = ("_ctx", "flights", "l1", "spec")
+
+    def __init__(self, spec: TtlKeySpec[V], ctx: Context) -> None:
+        self.spec = spec
+        self._ctx = ctx
+        self.l1: LRUCache = ctx.local[spec.namespace]
+        self.flights: SingleFlight[Hashable, V | None] = SingleFlight()
+
+    @property
+    def joins(self) -> int:
+        """Callers that joined another caller's load."""
+        return self.flights.joins
+
+    def l1_key(self, account_id: str | None, id_: str) -> Hashable:
+        """The L1 key of a value."""
+        return (account_id, id_) if self.spec.scoped else id_
+
+    async def get(self, account_id: str | None, id_: str, key: str) -> V | None:
+        """The value at Redis key ``key``: L1, else one read (single-flight), fenced fill.
+
+        ``id_`` and ``key`` are validated by the caller (the key builder).
+        """
+        ck = self.l1_key(account_id, id_)
+        hit: V | None = self.l1.get(ck)
+        if hit is not None:
+            return hit
+        return await self.flights.run(ck, lambda: self._fetch(ck, id_, key))
+
+    async def _read(self, key: str) -> tuple[bytes | None, int]:
+        remote = self._ctx.remote
+        if not self.spec.with_ttl:
+            raw: bytes | None = await remote.read("GET " + key, remote.cmd.get, key)
+            return raw, -1
+
+        def build(pipe: Any) -> None:
+            pipe.get(key)
+            pipe.pttl(key)
+
+        got, pttl = await remote.multi("GET " + key, build, read=True)
+        return got, int(pttl)
+
+    async def _fetch(self, ck: Hashable, id_: str, key: str) -> V | None:
+        l1 = self.l1
+        gate = self._ctx.gate
+        value: V | None = None
+        for _ in range(2):
+            token = l1.begin_fill()
+            try:
+                raw, pttl = await self._read(key)
+                if raw is None:
+                    return None
+                value = self.spec.decode(raw, key, id_)
+                if not gate.fill_ok or pttl == 0:
+                    return value
+                ttl = l1.default_ttl
+                if pttl > 0:
+                    ttl = pttl / 1000 if ttl is None else min(ttl, pttl / 1000)
+                weight = self._ctx.local.weight(self.spec.namespace, len(raw))
+                if l1.set_if_fresh(ck, value, weight, token, ttl) or weight > l1.max_weight:
+                    return value
+            finally:
+                l1.end_fill()
+        return value
+
+    async def write(
+        self,
+        account_id: str | None,
+        id_: str,
+        target: Target,
+        compute: Callable[[Guess], Step[Any]],
+        guess: Guess,
+        *,
+        keep: V | None = None,
+        ttl_s: float | None = None,
+        replace: bool = False,
+    ) -> Outcome[Any]:
+        """Write through the one write path; then ``keep`` (the value written) is cached
+        (fenced, for ``ttl_s`` at most), or the entry dropped. A failed write drops it."""
+        ck = self.l1_key(account_id, id_)
+        l1 = self.l1
+        token = l1.begin_fill()
+        try:
+            outcome = await write(
+                self._ctx.remote, f"write {self.spec.kind} {id_!r}", target, compute, guess,
+                replace=replace,
+            )
+            stored = False
+            if keep is not None and self._ctx.gate.fill_ok and outcome.step.value is not None:
+                ttl = l1.default_ttl
+                if ttl_s is not None:
+                    ttl = ttl_s if ttl is None else min(ttl, ttl_s)
+                weight = self._ctx.local.weight(self.spec.namespace, len(outcome.step.value))
+                stored = l1.set_if_fresh(ck, keep, weight, token, ttl)
+            if not stored:
+                l1.invalidate(ck)
+            return outcome
+        except BaseException:
+            l1.invalidate(ck)  # failed or unknown: L1 must not hold what Redis may not have
+            raise
+        finally:
+            l1.end_fill()
+
+    # -- events -----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Nothing pending to forget (events never refresh these entries)."""
+
+    def drop_local(self, action: str, event: Event, account_id: str | None) -> None:
+        """This instance published ``event`` by hand: drop what it names from L1."""
+        self.apply_event(action, Event(type=event.type, id=event.id), account_id)
+
+    def apply_event(self, action: str, event: Event, account_id: str | None) -> str:
+        """Apply one event to L1: ``"sync"`` (namespace dropped), ``"echo"`` (own event),
+        ``"unchanged"`` (its data equals the cached value) or ``"invalidate"``.
+
+        Malformed data still drops the entry it names, then raises SerializationError.
+        """
+        l1 = self.l1
+        if action == "Sync":
+            l1.invalidate_all()
+            return "sync"
+        if self.spec.scoped:
+            validate_id(account_id, "account_id")
+        id_ = self.spec.event_id(event.id)
+        if event.origin and event.origin == self._ctx.instance_id:
+            return "echo"
+        ck = self.l1_key(account_id, id_)
+        if action != "Delete" and event.has_data:
+            cached = l1.peek(ck)
+            try:
+                value = self.spec.decode(bytes(event.data), "event " + self.spec.kind, id_)
+                if getattr(value, "id", id_) != id_ or getattr(
+                        value, "account_id", "") not in ("", account_id):
+                    raise SerializationError(
+                        f"event data of {self.spec.kind} {id_!r} does not match")
+            except SerializationError:
+                l1.invalidate(ck)
+                raise
+            if cached is not None and value == cached:
+                return "unchanged"
+        l1.invalidate(ck)
+        return "invalidate"

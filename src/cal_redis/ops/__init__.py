@@ -1,1 +1,0 @@
-"""Domain operations, one module per domain, mixed into :class:`~cal_redis.CallableCache`."""

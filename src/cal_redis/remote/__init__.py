@@ -1,0 +1,326 @@
+"""L2: the only code that calls redis-py — pool, reads, writes, scripts, counters,
+retries and error mapping.
+
+redis-py's own retry is switched off: it would also retry non-idempotent writes (a
+``ZPOPMIN`` retried after a lost reply pops twice). :meth:`Remote.read` retries
+connection errors of idempotent reads with exponential backoff; :meth:`Remote.write`
+and :meth:`Remote.script` never retry. Every failure leaves here as a
+:class:`~cal_redis.errors.CalRedisError` with the redis-py exception chained.
+
+A :class:`Remote` is bound to the event loop it was created on and refuses I/O after
+:meth:`Remote.close` (:class:`~cal_redis.errors.ClosedError`) and from any other loop:
+a closed cache never reconnects silently, and a pool is never shared across loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from .. import errors
+from ..config import CacheConfig, redact_url
+from ._packing import hiredis_available, hiredis_packing
+
+__all__ = (
+    "HMGET_CHUNK",
+    "Redis",
+    "Remote",
+    "Script",
+    "hiredis_available",
+    "hiredis_packing",
+    "map_redis_error",
+)
+
+log = logging.getLogger("cal_redis.remote")
+T = TypeVar("T")
+
+#: Ids per HMGET of a batch: larger batches are sent as several HMGETs pipelined in
+#: one round trip, so one huge batch never holds the connection's other commands
+#: for long (a 100k-id HMGET keeps the server busy ~50 ms).
+HMGET_CHUNK = 1000
+
+#: The client class :meth:`~cal_redis.CallableCache.redis_connection` returns.
+Redis = aioredis.Redis
+
+#: Errors after which an idempotent read may be retried.
+_RETRYABLE = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+
+
+def map_redis_error(err: BaseException, what: str) -> errors.CalRedisError:
+    """The cal-redis exception for a redis-py / socket exception (the one mapping)."""
+    if isinstance(err, errors.CalRedisError):
+        return err
+    if isinstance(err, rexc.TimeoutError | asyncio.TimeoutError | TimeoutError):
+        return errors.TimeoutError(f"{what}: Redis timed out: {err}")
+    if isinstance(err, rexc.ConnectionError | OSError):
+        return errors.ConnectionError(f"{what}: cannot reach Redis: {err}")
+    return errors.CalRedisError(f"{what}: Redis error: {err}")
+
+
+class Script:
+    """A Lua script: its name, text and SHA1 (run by :meth:`Remote.script`)."""
+
+    __slots__ = ("name", "sha", "text")
+
+    def __init__(self, name: str, text: str) -> None:
+        import hashlib
+
+        self.name = name
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Queue on a pipeline of :meth:`Remote.pipeline` (as EVAL: a pipeline cannot
+        recover from a NOSCRIPT)."""
+        pipe.eval(self.text, len(keys), *keys, *args)
+
+    def __repr__(self) -> str:
+        return f"<Script {self.name} {self.sha[:8]}>"
+
+
+class Remote:
+    """One redis.asyncio client (pool) plus counters; see the module docstring."""
+
+    __slots__ = (
+        "_loop",
+        "client",
+        "cmd",
+        "config",
+        "errors",
+        "retries",
+        "round_trips",
+        "safe_url",
+        "url",
+    )
+
+    def __init__(self, url: str, config: CacheConfig) -> None:
+        self.url = url
+        #: The URL with any password replaced by ``***`` (for repr, logs, doctor).
+        self.safe_url = redact_url(url)
+        self.config = config
+        try:
+            self.client: aioredis.Redis = aioredis.Redis.from_url(
+                url,
+                max_connections=config.max_connections,
+                socket_connect_timeout=config.connect_timeout,
+                socket_timeout=config.socket_timeout,
+                protocol=config.protocol,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=False,
+            )
+        except ValueError as err:
+            raise errors.ConfigurationError(f"invalid Redis URL {self.safe_url!r}: {err}") from err
+        pool = self.client.connection_pool
+        pool.connection_class = hiredis_packing(pool.connection_class)  # before any connection
+        #: The client, untyped: replies are bytes (``decode_responses=False``), which
+        #: redis-py's annotations cannot express, so callers annotate each reply.
+        self.cmd: Any = self.client
+        self.round_trips = 0
+        self.errors = 0
+        self.retries = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def bind(self) -> None:
+        """Bind to the running event loop (done once by ``CallableCache.connect``)."""
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._loop is None
+
+    def _refuse(self) -> errors.CalRedisError:
+        if self._loop is None:
+            return errors.ClosedError("the cache is closed")
+        return errors.CalRedisError(
+            "this cache belongs to another event loop: create one cache per event loop "
+            "(CallableCache.connect inside the loop that uses it)"
+        )
+
+    def check(self) -> None:
+        """Raise unless I/O is allowed here: not closed, and on the cache's own loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not self._loop or loop is None:
+            raise self._refuse()
+
+    async def close(self) -> None:
+        """Refuse further I/O and close the pool (idempotent)."""
+        self._loop = None
+        await self.client.aclose()
+
+    # -- commands ----------------------------------------------------------------------------
+    async def read(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run an idempotent read ``fn(*args)``, retrying connection errors with backoff."""
+        if asyncio.get_running_loop() is not self._loop:
+            raise self._refuse()
+        self.round_trips += 1
+        try:
+            return await fn(*args)
+        except _RETRYABLE as err:
+            return await self._retry(what, err, fn, args)
+        except rexc.RedisError as err:
+            self.errors += 1
+            raise map_redis_error(err, what) from err
+
+    async def _retry(
+        self, what: str, first: BaseException, fn: Callable[..., Awaitable[T]], args: Sequence[Any]
+    ) -> T:
+        err: BaseException = first
+        for attempt in range(self.config.read_retries):
+            await asyncio.sleep(self.config.retry_backoff * (2**attempt))
+            if self._loop is None:
+                raise errors.ClosedError("the cache is closed") from err
+            self.retries += 1
+            self.round_trips += 1
+            try:
+                return await fn(*args)
+            except _RETRYABLE as again:
+                err = again
+            except rexc.RedisError as again:
+                self.errors += 1
+                raise map_redis_error(again, what) from again
+        self.errors += 1
+        raise map_redis_error(err, what) from err
+
+    async def write(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run a write ``fn(*args)`` once; errors are mapped, never retried."""
+        if asyncio.get_running_loop() is not self._loop:
+            raise self._refuse()
+        self.round_trips += 1
+        try:
+            return await fn(*args)
+        except (rexc.RedisError, OSError) as err:
+            self.errors += 1
+            raise map_redis_error(err, what) from err
+
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self.cmd.evalsha(script.sha, len(keys), *keys, *args)
+        except rexc.NoScriptError:  # nothing ran: EVAL loads and runs it
+            return await self.cmd.eval(script.text, len(keys), *keys, *args)
+
+    async def script(
+        self, what: str, script: Script, keys: Sequence[str], args: Sequence[Any],
+        *, read: bool = False,
+    ) -> Any:
+        """Run a Lua script in one round trip (EVALSHA; EVAL on a cold script cache).
+
+        ``read=True`` marks a read-only script: connection errors are then retried.
+        """
+        if read:
+            return await self.read(what, self._evalsha, script, keys, args)
+        return await self.write(what, self._evalsha, script, keys, args)
+
+    async def _pipeline(self, build: Callable[[Any], object], transaction: bool) -> list[Any]:
+        async with self.client.pipeline(transaction=transaction) as pipe:
+            build(pipe)
+            replies: list[Any] = await pipe.execute()
+            return replies
+
+    async def multi(
+        self, what: str, build: Callable[[Any], object], *, read: bool = False
+    ) -> list[Any]:
+        """Queue commands with ``build(pipe)`` (a redis-py pipeline, untyped: replies are
+        bytes) and run them in one MULTI/EXEC round trip.
+
+        ``read=True`` marks it idempotent: connection errors are then retried.
+        """
+        if read:
+            return await self.read(what, self._pipeline, build, True)
+        return await self.write(what, self._pipeline, build, True)
+
+    async def pipeline(
+        self, what: str, build: Callable[[Any], object], *, read: bool = False
+    ) -> list[Any]:
+        """Like :meth:`multi` without MULTI/EXEC: one round trip, not atomic."""
+        if read:
+            return await self.read(what, self._pipeline, build, False)
+        return await self.write(what, self._pipeline, build, False)
+
+    async def hmget(self, what: str, key: str, fields: Sequence[Any]) -> list[bytes | None]:
+        """HMGET of any number of fields in one round trip, chunked by :data:`HMGET_CHUNK`."""
+        if len(fields) <= HMGET_CHUNK:
+            return await self.read(what, self.cmd.hmget, key, fields)
+
+        def build(pipe: Any) -> None:
+            for i in range(0, len(fields), HMGET_CHUNK):
+                pipe.hmget(key, fields[i : i + HMGET_CHUNK])
+
+        chunks = await self.pipeline(what, build, read=True)
+        out: list[bytes | None] = []
+        for chunk in chunks:
+            out += chunk
+        return out
+
+    async def blocking(self, what: str, wait: float, *command: Any) -> Any:
+        """Send one blocking command (``BZPOPMIN``...) that waits up to ``wait`` seconds on
+        the server; never retried. The reply is awaited ``wait + socket_timeout``; then the
+        connection is dropped and :class:`~cal_redis.errors.TimeoutError` raised.
+        Cancelling the caller drops the connection too (no late reply is read by anyone).
+        """
+        pool: Any = self.client.connection_pool
+        deadline = wait + self.config.socket_timeout
+
+        async def call() -> Any:
+            conn = await pool.get_connection()
+            try:
+                await conn.send_command(*command)
+                # math.inf: no socket timeout on this read; wait_for bounds it, and
+                # cancelling the read disconnects the connection.
+                return await asyncio.wait_for(conn.read_response(timeout=math.inf), deadline)
+            except asyncio.TimeoutError as err:
+                await conn.disconnect()
+                raise map_redis_error(err, what) from err
+            finally:
+                await pool.release(conn)
+
+        return await self.write(what, call)
+
+    def pubsub_pool(self, client_name: str) -> Any:
+        """A pool of its own for the event subscriber, which makes its connections with
+        ``make_connection()`` and closes the pool when it stops."""
+        config = self.config
+        try:
+            pool = aioredis.ConnectionPool.from_url(
+                self.url,
+                socket_connect_timeout=config.connect_timeout,
+                socket_timeout=config.socket_timeout,
+                protocol=config.protocol,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=False,
+                client_name=client_name,
+            )
+        except ValueError as err:
+            raise errors.ConfigurationError(f"invalid Redis URL {self.safe_url!r}: {err}") from err
+        return pool
+
+    # -- small helpers ------------------------------------------------------------------------
+    async def ping(self) -> bool:
+        """PING the server (raises a mapped error when unreachable)."""
+        return bool(await self.read("PING", self.cmd.ping))
+
+    async def server_info(self) -> dict[str, Any]:
+        """The server section of ``INFO``."""
+        info: dict[str, Any] = await self.read("INFO", self.cmd.info, "server")
+        return info
+
+    async def server_version(self) -> str:
+        """The ``redis_version`` the server reports."""
+        info = await self.server_info()
+        return str(info.get("redis_version", "unknown"))
+
+    def stats(self) -> dict[str, int]:
+        """Round trips, errors and retries so far."""
+        return {"round_trips": self.round_trips, "errors": self.errors, "retries": self.retries}
