@@ -17,6 +17,8 @@ import cal_redis._fast
 from cal_redis._fast import _lru_py
 from lru_support import FakeClock, counters
 
+pytestmark = pytest.mark.l1
+
 NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
 T0 = 1000.0
 

@@ -28,6 +28,8 @@ from hypothesis.stateful import (
 from cal_redis._fast import _lru_py
 from lru_support import COUNTERS, FakeClock
 
+pytestmark = pytest.mark.l1
+
 NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
 MAX_EXAMPLES = 500
 STEPS = 50
