@@ -13,6 +13,8 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
+# The same rule as cal_redis._fast.NO_EXTENSIONS (where the package and its tests read
+# it), parsed again here because the build cannot import the package it is building.
 NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
 
 

@@ -1,9 +1,23 @@
 """One real redis-server per test session (the embedded launcher), a clean database
-per test, and the L1 implementation fixture that runs cache tests against both the
-compiled LRU and its pure-Python twin."""
+per test, and the L1 implementation fixture.
+
+``l1_impl`` is the one implementation fixture. Tests marked ``l1`` (a module-level
+``pytestmark`` in the modules that exercise the L1) get it parametrized: once with the
+compiled LRU (param marked ``c_extension``) and once with its pure-Python twin. Every
+other test that needs a cache runs once, with the implementation ``cal_redis._fast``
+picked.
+
+The compiled variants skip when ``--no-c-extensions`` is given, and by default when
+``CAL_REDIS_NO_EXTENSIONS`` is set (read once, by ``cal_redis._fast.NO_EXTENSIONS``).
+Otherwise a compiled module that does not import fails those tests: an install that
+silently fell back to pure Python must not pass. (The install checks of test_lru.py and
+the state machine of test_lru_stateful.py follow ``NO_EXTENSIONS`` alone, for the same
+reason.)
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -13,8 +27,9 @@ import pytest
 import redis
 from hypothesis import settings
 
-from cal_redis import CacheConfig, CallableCache
+from cal_redis import CacheConfig, CallableCache, _fast
 from cal_redis import local as local_mod
+from cal_redis._fast import _lru_py
 from cal_redis.embedded import EmbeddedRedis
 
 # No per-example deadline: these 2-core CI machines are noisy. "ci" keeps examples
@@ -23,36 +38,85 @@ settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
+L1_MARK = pytest.mark.l1
+C_EXT_MARK = pytest.mark.c_extension
+#: The parametrization of ``l1_impl`` in tests marked ``l1``; ids as in the test names.
+L1_PARAMS = (pytest.param("c", marks=C_EXT_MARK, id="c"), pytest.param("py", id="py"))
 
 
-def _compiled_lru() -> Any:
-    try:
-        return importlib.import_module("cal_redis._fast._lru_c").LRUCache
-    except ImportError:
-        if NO_EXTENSIONS:
-            return None
-        raise
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--c-extensions",  # --no-c-extensions
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        dest="c_extensions",
+        help="test the compiled L1 too (default: yes, unless CAL_REDIS_NO_EXTENSIONS is set)",
+    )
 
 
-LRU_IMPLS = ["c", "py"]
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.c_extensions is None:
+        config.option.c_extensions = not _fast.NO_EXTENSIONS
+    declared = {line.split(":", 1)[0].strip() for line in config.getini("markers")}
+    for mark, doc in (
+        (L1_MARK, "exercises the L1: tests using l1_impl run with each implementation"),
+        (C_EXT_MARK, "runs only against the compiled module"),
+    ):
+        if mark.name not in declared:
+            config.addinivalue_line("markers", f"{mark.name}: {doc}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "l1_impl" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        L1_MARK.name
+    ):
+        metafunc.parametrize("l1_impl", L1_PARAMS, indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.option.c_extensions:
+        return
+    why = "CAL_REDIS_NO_EXTENSIONS is set" if _fast.NO_EXTENSIONS else "--no-c-extensions"
+    skip = pytest.mark.skip(reason=f"{why}: compiled L1 not tested")
+    for item in items:
+        if item.get_closest_marker(C_EXT_MARK.name) is not None:
+            item.add_marker(skip)
 
 
 def lru_class(name: str) -> Any:
-    """The LRU class of implementation ``name`` ("c" or "py"); skips "c" only when
-    the extension was disabled on purpose. A normal install that fell back fails."""
+    """The LRU class of implementation ``name`` ("c" or "py"). The compiled one must
+    import: its tests were skipped at collection if it was disabled on purpose."""
     if name == "py":
-        return importlib.import_module("cal_redis._fast._lru_py").LRUCache
-    cls = _compiled_lru()
-    if cls is None:
-        pytest.skip("CAL_REDIS_NO_EXTENSIONS is set: compiled module not built")
-    return cls
+        return _lru_py.LRUCache
+    try:
+        return importlib.import_module("cal_redis._fast._lru_c").LRUCache
+    except ImportError as err:
+        pytest.fail(
+            f"compiled module cal_redis._fast._lru_c does not import ({err!r}); for a "
+            "pure-Python install set CAL_REDIS_NO_EXTENSIONS=1 or pass --no-c-extensions"
+        )
 
 
-@pytest.fixture(params=LRU_IMPLS)
-def lru_cls(request: pytest.FixtureRequest) -> Any:
-    """Each LRU implementation in turn."""
-    return lru_class(request.param)
+@pytest.fixture
+def l1_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The L1 implementation caches are built with: "c" or "py".
+
+    Each in turn for tests marked ``l1``; otherwise the one ``cal_redis._fast`` picked
+    (the twin under ``--no-c-extensions``).
+    """
+    name: str | None = getattr(request, "param", None)
+    if name is None:
+        if request.config.option.c_extensions or not _fast.EXTENSION_ACTIVE:
+            return "c" if _fast.EXTENSION_ACTIVE else "py"  # left as the package picked
+        name = "py"
+    monkeypatch.setattr(local_mod, "LRUCache", lru_class(name))
+    return name
+
+
+@pytest.fixture
+def lru_cls(l1_impl: str) -> Any:
+    """The LRU class of ``l1_impl`` (each implementation in turn in ``l1`` tests)."""
+    return lru_class(l1_impl)
 
 
 @pytest.fixture(scope="session")
@@ -77,13 +141,6 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
-
-
-@pytest.fixture(params=LRU_IMPLS)
-def l1_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a cache test with each L1 implementation."""
-    monkeypatch.setattr(local_mod, "LRUCache", lru_class(request.param))
-    return str(request.param)
 
 
 @pytest.fixture

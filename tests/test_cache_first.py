@@ -26,6 +26,9 @@ from cal_redis.embedded import EmbeddedRedis
 from cal_redis.remote import hiredis_available
 from redis_stats import assert_rejected_before_io, calls
 
+# Cache-first entities: the L1 hot path, with each implementation.
+pytestmark = pytest.mark.l1
+
 NO_SYNC = CacheConfig(sync=False)
 
 

@@ -22,6 +22,9 @@ from cal_redis import (
 from cal_redis.codec import decode_event
 from redis_stats import assert_rejected_before_io, calls, total_calls
 
+# Flow states are cache-first: each L1 implementation.
+pytestmark = pytest.mark.l1
+
 A = "acc1"
 K = f"cal:account:{A}:flow_state:f1"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import gc
 import math
-import os
 import pickle
 import time
 from collections.abc import Hashable
@@ -14,10 +13,11 @@ from typing import Any
 import pytest
 
 import cal_redis._fast
-from cal_redis._fast import _lru_py
+from cal_redis._fast import NO_EXTENSIONS, _lru_py
 from lru_support import FakeClock, counters
 
-NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
+pytestmark = pytest.mark.l1
+
 T0 = 1000.0
 
 

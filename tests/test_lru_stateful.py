@@ -9,7 +9,6 @@ weights and fence state are identical, and that no cache exceeds its weight budg
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -25,10 +24,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from cal_redis._fast import _lru_py
+from cal_redis._fast import NO_EXTENSIONS, _lru_py
 from lru_support import COUNTERS, FakeClock
 
-NO_EXTENSIONS = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
+pytestmark = pytest.mark.l1
+
 MAX_EXAMPLES = 500
 STEPS = 50
 
@@ -39,16 +39,6 @@ except ImportError as err:  # pragma: no cover - depends on the build
     _IMPORT_ERROR: ImportError | None = err
 else:
     _IMPORT_ERROR = None
-
-
-def _compiled_cls() -> Any:
-    if _lru_c is None:
-        if NO_EXTENSIONS:
-            pytest.skip("CAL_REDIS_NO_EXTENSIONS is set and the compiled module is absent")
-        pytest.fail(f"compiled module cal_redis._fast._lru_c does not import: {_IMPORT_ERROR!r}")
-    return _lru_c.LRUCache
-
-
 
 
 class Model:

@@ -33,6 +33,9 @@ from cal_redis import (
 from cal_redis.embedded import EmbeddedRedis, _free_port
 from cal_redis.sync import MAX_EVENT_BYTES
 
+# Sync applies events to the L1: each implementation.
+pytestmark = pytest.mark.l1
+
 Factory = Callable[..., Awaitable[CallableCache]]
 
 

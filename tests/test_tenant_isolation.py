@@ -38,6 +38,10 @@ from cal_redis import (
     Trunk,
 )
 
+# The isolation run reads cache-first entities (devices, accounts, flow states)
+# through the L1: each implementation.
+pytestmark = pytest.mark.l1
+
 A, B = "acc-a", "acc-b"
 MARK = "cal-isolation-test:"
 

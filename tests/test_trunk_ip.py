@@ -10,6 +10,9 @@ import redis
 from cal_redis import CacheConfig, CallableCache, ValidationError
 from redis_stats import calls
 
+# Trunk IP lookups are cache-first: each L1 implementation.
+pytestmark = pytest.mark.l1
+
 
 async def test_set_get_delete_v4_v6(cache: CallableCache, raw: redis.Redis) -> None:
     await cache.set_trunk_ip("10.1.2.3", "acc1")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+#: ``CAL_REDIS_NO_EXTENSIONS`` parsed once for the package and its tests (setup.py parses
+#: the same rule itself at build time).
 NO_EXTENSIONS: bool = os.environ.get("CAL_REDIS_NO_EXTENSIONS", "") not in ("", "0")
 
 EXTENSION_ACTIVE: bool
