@@ -22,8 +22,11 @@ def test_doctor_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
     assert "UNREACHABLE" in capsys.readouterr().out
 
 
-def test_demo_on_a_given_server(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--url", redis_url, "--users", "10"]) == 0
+@pytest.mark.parametrize("users", [1, 10])
+def test_demo_on_a_given_server(
+    redis_url: str, capsys: pytest.CaptureFixture[str], users: int
+) -> None:
+    assert main(["demo", "--url", redis_url, "--users", str(users)]) == 0
     out = capsys.readouterr().out
     assert "L1 hit: await get_user_by_id" in out
     assert "instance B's L1 refreshed" in out

@@ -9,8 +9,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from redis.asyncio.connection import Connection
-
 from . import __version__, _bench
 from ._bench import fmt_time as _fmt
 from ._fast import EXTENSION_ACTIVE
@@ -18,7 +16,7 @@ from .cache import CallableCache
 from .embedded import EmbeddedRedis
 from .errors import CalRedisError
 from .models import Account, Device, Region, User, now_ms
-from .remote import hiredis_available, hiredis_packing
+from .remote import REDIS_PY_VERSION, hiredis_available, hiredis_packs_commands
 
 __all__ = ("main",)
 
@@ -51,21 +49,21 @@ async def _demo(cache: CallableCache, n_users: int) -> None:
     await cache.set_device("acc42", Device(id="d1", user_id="u0", sip_username="agent0-desk",
                                            mac="00:11:22:33:44:55", created_at=ts))
     print(f"wrote 1 region, 1 account, {n_users} users, 1 device (each: entity + idents + "
-          "event in one MULTI/EXEC)")
+          "event in one script)")
 
     users_l1 = cache.local["users"]
     users_l1.invalidate_all()
     t0 = time.perf_counter()
-    user = await cache.get_user_by_id("u1")
+    user = await cache.get_user_by_id("u0")
     cold = time.perf_counter() - t0
     assert user is not None
-    print(f"get_user_by_id('u1') cold (L1 miss → Redis → fill): {_fmt(cold)} -> {user.name}")
+    print(f"get_user_by_id('u0') cold (L1 miss → Redis → fill): {_fmt(cold)} -> {user.name}")
 
-    hit = await _median(lambda: cache.get_user_by_id("u1"), 25, 2000)
+    hit = await _median(lambda: cache.get_user_by_id("u0"), 25, 2000)
 
     async def l2_read() -> object:
-        users_l1.invalidate("u1")
-        return await cache.get_user_by_id("u1")
+        users_l1.invalidate("u0")
+        return await cache.get_user_by_id("u0")
 
     l2 = await _median(l2_read, 200)
     ids = [f"u{i}" for i in range(n_users)]
@@ -76,8 +74,9 @@ async def _demo(cache: CallableCache, n_users: int) -> None:
 
     b = await _median(batch, 30)
     if cache.config.sync:
-        await _demo_sync(cache)
-    by_ident = await cache.get_user_by_ident("agent7@acme.example")
+        await _demo_sync(cache, f"u{n_users - 1}")
+    last = n_users - 1
+    by_ident = await cache.get_user_by_ident(f"agent{last}@acme.example")
     dev = await cache.get_device_by_ident("acc42", "00:11:22:33:44:55")
     print()
     print(f"{'operation':<44}{'median':>12}")
@@ -86,7 +85,7 @@ async def _demo(cache: CallableCache, n_users: int) -> None:
     print(f"{f'get_users_batch({n_users}), all from Redis':<44}{_fmt(b):>12}")
     print(f"{'  per user':<44}{_fmt(b / n_users):>12}")
     print()
-    print(f"by ident 'agent7@acme.example' -> {by_ident.id if by_ident else None}; "
+    print(f"by ident 'agent{last}@acme.example' -> {by_ident.id if by_ident else None}; "
           f"device by MAC -> {dev.id if dev else None}")
     st = cache.stats()
     u = st["l1"]["users"]
@@ -96,17 +95,17 @@ async def _demo(cache: CallableCache, n_users: int) -> None:
           "(docs/benchmarks.md).")
 
 
-async def _demo_sync(cache: CallableCache) -> None:
+async def _demo_sync(cache: CallableCache, uid: str) -> None:
     """A second instance on the same Redis sees a write of the first through its L1."""
     peer = await CallableCache.connect(cache.remote.url, config=cache.config)
     try:
-        await peer.get_user_by_id("u2")  # now cached in the peer's L1
+        await peer.get_user_by_id(uid)  # now cached in the peer's L1
         t0 = time.perf_counter()
-        await cache.update_user("u2", name="Renamed Agent")
+        await cache.update_user(uid, name="Renamed Agent")
         written = time.perf_counter()
         deadline = written + 2.0
         while time.perf_counter() < deadline:
-            seen = peer.local["users"].peek("u2")
+            seen = peer.local["users"].peek(uid)
             if seen is not None and seen.name == "Renamed Agent":
                 now = time.perf_counter()
                 print(f"update_user on instance A ({_fmt(written - t0)}) -> instance B's L1 "
@@ -135,14 +134,9 @@ async def _doctor(url: str | None) -> int:
     print(f"python           {sys.version.split()[0]}")
     print(f"L1 extension     {'active (Cython)' if EXTENSION_ACTIVE else 'INACTIVE (pure Python)'}")
     print(f"hiredis parser   {'yes' if hiredis_available() else 'NO (pip install hiredis)'}")
-    packed = hiredis_packing(Connection) is not Connection
+    packed = hiredis_packs_commands()
     print(f"command packing  {'hiredis' if packed else 'redis-py (Python; pip install hiredis)'}")
-    try:
-        import redis
-
-        print(f"redis-py         {redis.__version__}")
-    except Exception:  # pragma: no cover
-        pass
+    print(f"redis-py         {REDIS_PY_VERSION}")
     server: EmbeddedRedis | None = None
     try:
         if not url:
@@ -156,7 +150,7 @@ async def _doctor(url: str | None) -> int:
                 print("redis url        (none configured: started an embedded redis-server)")
         async with await CallableCache.connect(url) as cache:
             version = await cache.remote.server_version()
-            print(f"redis server     {version} at {url}")
+            print(f"redis server     {version} at {cache.remote.safe_url}")
     except CalRedisError as err:
         print(f"redis server     UNREACHABLE: {err}")
         return 1

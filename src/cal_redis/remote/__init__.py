@@ -20,6 +20,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.retry import Retry
@@ -31,6 +32,8 @@ from ._packing import hiredis_available, hiredis_packing
 
 __all__ = (
     "HMGET_CHUNK",
+    "REDIS_PY_VERSION",
+    "hiredis_packs_commands",
     "Redis",
     "Remote",
     "Script",
@@ -46,6 +49,17 @@ T = TypeVar("T")
 #: one round trip, so one huge batch never holds the connection's other commands
 #: for long (a 100k-id HMGET keeps the server busy ~50 ms).
 HMGET_CHUNK = 1000
+
+#: The version of redis-py in use.
+REDIS_PY_VERSION: str = getattr(redis, "__version__", "unknown")
+
+
+def hiredis_packs_commands() -> bool:
+    """True when this library's connections pack commands with hiredis."""
+    from redis.asyncio.connection import Connection
+
+    return hiredis_packing(Connection) is not Connection
+
 
 #: The client class :meth:`~cal_redis.CallableCache.redis_connection` returns.
 Redis = aioredis.Redis
