@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -28,17 +26,10 @@ from cal_redis import (
     ValidationError,
 )
 from redis_stats import assert_rejected_before_io, calls
+from waiting import until
 
 # Fills, fences and the L1 gate: each implementation.
 pytestmark = pytest.mark.l1
-
-
-async def until(cond: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.001)
 
 
 # -- 1. validation before any I/O ---------------------------------------------------------

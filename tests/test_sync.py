@@ -32,6 +32,7 @@ from cal_redis import (
 )
 from cal_redis.embedded import EmbeddedRedis, _free_port
 from cal_redis.sync import MAX_EVENT_BYTES
+from waiting import until
 
 # Sync applies events to the L1: each implementation.
 pytestmark = pytest.mark.l1
@@ -42,15 +43,6 @@ Factory = Callable[..., Awaitable[CallableCache]]
 @pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
 def proto(request: pytest.FixtureRequest) -> int:
     return int(request.param)
-
-
-async def until(cond: Callable[[], object], timeout: float = 3.0, what: str = "") -> None:
-    """Poll ``cond`` every millisecond until true; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.001)
 
 
 class Barrier:
