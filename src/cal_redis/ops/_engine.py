@@ -174,7 +174,7 @@ class Entities(Generic[T]):
                     codec.decode(raw, self.spec.model, key=hkey, field=id_)  # raises, named
                     raise
                 if self.cache.fill_ok:
-                    l1.set_if_fresh(key, value, len(raw) + self.cache.local.overhead, token)
+                    l1.set_if_fresh(key, value, self.cache.local.weight(self.spec.namespace, len(raw)), token)
         except BaseException as err:
             flight = flights.pop(key, None)
             if flight is not None:
@@ -229,7 +229,8 @@ class Entities(Generic[T]):
             if ent is None or ident not in self.idents_of(ent):
                 return None  # dangling mapping: the entity moved on or is gone
             if self.cache.fill_ok:
-                l1.set_if_fresh(ikey, id_, len(ident) + len(id_) + self.cache.local.overhead, token)
+                weight = self.cache.local.ident_weight(spec.namespace, len(ident) + len(id_))
+                l1.set_if_fresh(ikey, id_, weight, token)
             return ent
         finally:
             l1.end_fill()
@@ -346,20 +347,21 @@ class Entities(Generic[T]):
                 raise map_redis_error(err, "HMGET " + hkey) from err
             values = codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)  # type: ignore[arg-type]
             if self.cache.fill_ok:
-                overhead = self.cache.local.overhead
+                fill_many = self.cache.local.fill_many
+                ns = self.spec.namespace
                 try:
                     sizes = list(map(len, raws))  # type: ignore[arg-type]
                 except TypeError:  # some ids are missing (None): fill the others
                     got = [j for j, r in enumerate(raws) if r is not None]
-                    l1.set_many_if_fresh(
+                    fill_many(
+                        ns,
                         [keys[j] for j in got],
                         [values[j] for j in got],
                         [len(raws[j]) for j in got],  # type: ignore[arg-type]
                         token,
-                        extra_weight=overhead,
                     )
                 else:
-                    l1.set_many_if_fresh(keys, values, sizes, token, extra_weight=overhead)
+                    fill_many(ns, keys, values, sizes, token)
         except BaseException as err:
             flight.set_exception(_LeaderCancelled() if isinstance(err, asyncio.CancelledError) else err)
             flight.exception()
@@ -526,7 +528,7 @@ class Entities(Generic[T]):
                 l1.invalidate(key)
                 return None
             value, raw = built
-            weight = len(raw) + self.cache.local.overhead
+            weight = self.cache.local.weight(spec.namespace, len(raw))
             if not (self.cache.fill_ok and l1.set_if_fresh(key, value, weight, token)):
                 l1.invalidate(key)
             return value
@@ -591,7 +593,7 @@ class Entities(Generic[T]):
             if self.spec.scoped and getattr(value, "account_id", "") not in ("", account_id):
                 raise SerializationError(f"event data of {id_!r} belongs to another account")
             if self.cache.fill_ok:
-                l1.set(key, value, len(raw) + self.cache.local.overhead)
+                l1.set(key, value, self.cache.local.weight(self.spec.namespace, len(raw)))
                 return "refresh"
         l1.invalidate(key)
         return "invalidate"

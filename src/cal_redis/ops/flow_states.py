@@ -79,7 +79,7 @@ class FlowStateOps(DirectOps):
                 ttl = l1.default_ttl
                 if pttl > 0:
                     ttl = pttl / 1000 if ttl is None else min(ttl, pttl / 1000)
-                weight = len(raw) + self.local.overhead
+                weight = self.local.weight("flow_states", len(raw))
                 if l1.set_if_fresh(ck, value, weight, token, ttl) or weight > l1.max_weight:
                     return value
             finally:
@@ -116,7 +116,8 @@ class FlowStateOps(DirectOps):
             if self.fill_ok:
                 l1_ttl = l1.default_ttl
                 l1_ttl = ms / 1000 if l1_ttl is None else min(l1_ttl, ms / 1000)
-                stored = l1.set_if_fresh(ck, state, len(data) + self.local.overhead, token, l1_ttl)
+                weight = self.local.weight("flow_states", len(data))
+                stored = l1.set_if_fresh(ck, state, weight, token, l1_ttl)
             if not stored:
                 l1.invalidate(ck)
         finally:

@@ -62,7 +62,7 @@ class TrunkIps:
                 except (UnicodeDecodeError, ValueError) as err:
                     raise SerializationError(f"not an account id: {raw[:64]!r}", key=key) from err
                 if self.cache.fill_ok:
-                    weight = len(ip) + len(account) + self.cache.local.overhead
+                    weight = self.cache.local.weight("trunks_ip", len(ip) + len(account))
                     self.l1.set_if_fresh(ip, account, weight, token)
         except BaseException as err:
             flight.set_exception(err)
