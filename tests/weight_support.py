@@ -1,6 +1,6 @@
 """Realistic L1 entries of every cache-first family, and what they really hold in memory.
 
-Shared by tests/test_weights.py and the calibration of ``cal_redis.config.ENTRY_WEIGHTS``.
+Shared by tests/test_weights.py and the calibration of ``cal_redis.config.DEFAULT_ENTRY_WEIGHTS``.
 Each family builds its raw inputs first (bytes, as read from Redis or received from a
 caller), then fills a :class:`~cal_redis.local.LocalTier` the way the engine does:
 decode the JSON, build the L1 key from fresh strings, store with the tier's weight. The
@@ -33,7 +33,7 @@ from cal_redis.config import CacheConfig
 from cal_redis.local import LocalTier
 from cal_redis.models import Account, Device, FlowState, Model, Proxy, Region, User
 
-IDENT = "\x00ident"  # the marker of ident -> id keys (see ops/_engine.py)
+IDENT = "\x00ident"  # the engine's marker of ident -> id keys
 TS = 1_764_000_000_000  # a realistic millisecond timestamp
 
 Row = tuple[bytes, ...]
@@ -280,7 +280,7 @@ def _entity_family(
                 keys: list[Any] = [(acc_b.decode(), id_b.decode()) for _, id_b, acc_b in chunk]
             else:
                 keys = [id_b.decode() for _, id_b, _ in chunk]
-            values = codec.decode_batch(raws, model, key="bench", fields=keys)
+            values = codec.decode_batch(raws, model, key=namespace, fields=keys)
             token = l1.begin_fill()
             try:
                 tier.fill_many(namespace, keys, values, list(map(len, raws)), token)
