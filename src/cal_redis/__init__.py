@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._fast import EXTENSION_ACTIVE
 from .cache import CallableCache
-from .config import CacheConfig, NamespaceBudget
+from .config import CacheConfig, EntryWeight, NamespaceBudget
 from .embedded import EmbeddedRedis, EmbeddedRedisError
 from .errors import (
     CalRedisError,
@@ -64,6 +64,7 @@ __all__ = (
     "Device",
     "EmbeddedRedis",
     "EmbeddedRedisError",
+    "EntryWeight",
     "Event",
     "EventStream",
     "FlowState",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 
 from .errors import ConfigurationError
@@ -16,8 +17,10 @@ from .errors import ConfigurationError
 __all__ = (
     "ENV_URL",
     "CacheConfig",
+    "EntryWeight",
     "NamespaceBudget",
     "DEFAULT_BUDGETS",
+    "DEFAULT_ENTRY_WEIGHTS",
     "configure_logging",
     "redact_url",
     "resolve_url",
@@ -57,6 +60,47 @@ DEFAULT_BUDGETS: dict[str, NamespaceBudget] = {
 
 
 @dataclass(frozen=True, slots=True)
+class EntryWeight:
+    """The L1 weight of one entry of a namespace: an estimate of the memory it holds.
+
+    An entry whose JSON (as read from Redis) is ``json_len`` bytes long weighs
+    ``base + int(per_byte * json_len)``; an ident -> id entry of the namespace weighs
+    ``ident_base + len(ident) + len(id)``. The figures cover the decoded object, its
+    key and the compiled LRU's bookkeeping (see :data:`DEFAULT_ENTRY_WEIGHTS`).
+    """
+
+    base: int
+    per_byte: float = 1.0
+    ident_base: int = 0
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.ident_base < 0:
+            raise ConfigurationError(
+                f"base and ident_base must be >= 0, got {self.base} and {self.ident_base}"
+            )
+        if not self.per_byte >= 0:
+            raise ConfigurationError(f"per_byte must be >= 0, got {self.per_byte}")
+
+
+#: Measured with tracemalloc (tests/weight_support.py) on 100,000 realistic entries of
+#: each namespace in the compiled L1, CPython 3.11, msgspec 0.23: the bytes an entry
+#: really holds (decoded Struct, its field values, its key, the LRU's entry and dict
+#: slot) beyond its JSON length. Every string field costs its length plus a fixed
+#: header in memory and its length plus its quoted name in JSON, hence one byte per
+#: JSON byte plus a per-model constant; a flow state's ``data`` dict costs about 2.9
+#: bytes per JSON byte. ``trunks_ip``: ``json_len`` is ``len(ip) + len(account_id)``.
+DEFAULT_ENTRY_WEIGHTS: dict[str, EntryWeight] = {
+    "regions": EntryWeight(446, ident_base=286),
+    "proxies": EntryWeight(422, ident_base=286),
+    "accounts": EntryWeight(506, ident_base=286),
+    "users": EntryWeight(523, ident_base=286),
+    "devices": EntryWeight(620, ident_base=353),
+    "trunks_ip": EntryWeight(216),
+    "flow_states": EntryWeight(365, per_byte=2.85),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     """Every tunable of a :class:`~cal_redis.CallableCache`, with production defaults.
 
@@ -67,10 +111,10 @@ class CacheConfig:
 
     #: L1 budgets per namespace (see :data:`DEFAULT_BUDGETS`).
     budgets: dict[str, NamespaceBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
-    #: Fixed bytes added to each L1 entry's weight on top of its JSON length: the
-    #: compiled LRU's bookkeeping measured 134 B per entry (benchmarks/bench_lru.py),
-    #: rounded up for the key.
-    entry_overhead: int = 160
+    #: Legacy flat weight: when set, every L1 entry weighs its JSON length plus this
+    #: many bytes (and an ident -> id entry the two strings plus it), in place of the
+    #: calibrated :attr:`entry_weights`. Deprecated: it undercounts real memory.
+    entry_overhead: int | None = None
     #: Write account-scoped keys with a Redis Cluster hash tag (``cal:account:{a}:...``).
     cluster: bool = False
     #: Maximum connections in the redis-py pool.
@@ -91,10 +135,20 @@ class CacheConfig:
     heartbeat_interval: float = 1.0
     #: RESP protocol version spoken to Redis (2 or 3).
     protocol: int = 3
+    #: L1 entry weights per namespace (see :data:`DEFAULT_ENTRY_WEIGHTS`), so that a
+    #: budget bounds the memory its entries really hold.
+    entry_weights: dict[str, EntryWeight] = field(default_factory=lambda: dict(DEFAULT_ENTRY_WEIGHTS))
 
     def __post_init__(self) -> None:
-        if self.entry_overhead < 0:
-            raise ConfigurationError("entry_overhead must be >= 0")
+        if self.entry_overhead is not None:
+            if self.entry_overhead < 0:
+                raise ConfigurationError("entry_overhead must be >= 0")
+            warnings.warn(
+                "CacheConfig.entry_overhead is deprecated: L1 weights are calibrated per "
+                "namespace (CacheConfig.entry_weights)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
         if self.max_connections < 1:
             raise ConfigurationError("max_connections must be >= 1")
         if self.read_retries < 0:
@@ -108,6 +162,16 @@ class CacheConfig:
         """The budget of ``namespace``, falling back to the SPEC default."""
         try:
             return self.budgets.get(namespace) or DEFAULT_BUDGETS[namespace]
+        except KeyError:
+            raise ConfigurationError(f"unknown L1 namespace {namespace!r}") from None
+
+    def entry_weight(self, namespace: str) -> EntryWeight:
+        """How an entry of ``namespace`` is weighed, falling back to the calibrated default."""
+        if self.entry_overhead is not None:
+            self.budget(namespace)  # unknown namespaces are refused alike
+            return EntryWeight(self.entry_overhead, 1.0, self.entry_overhead)
+        try:
+            return self.entry_weights.get(namespace) or DEFAULT_ENTRY_WEIGHTS[namespace]
         except KeyError:
             raise ConfigurationError(f"unknown L1 namespace {namespace!r}") from None
 

@@ -29,7 +29,7 @@ def _decode_account(raw: bytes, key: str, ip: str) -> str:
 #: Trunk IP -> account id: global, invalidate-only events, no TTL.
 TRUNK_IP: TtlKeySpec[str] = TtlKeySpec(
     "TrunkIp", "trunks_ip", scoped=False, decode=_decode_account,
-    event_id=lambda i: canonical_ip(i, "id"),
+    event_id=lambda i: canonical_ip(i, "id"), weigh_id=True,
 )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import codec
 from ..engine import _lua
-from ..engine.writes import MAX_ATTEMPTS as MAX_CAS_RETRIES
+from ..engine.writes import MAX_ATTEMPTS
 from ..errors import CalRedisError, SerializationError, ValidationError
 from ..keys import validate_id
 from ..models import WsConnection, now_ms
@@ -85,7 +85,7 @@ class WsOps(DirectOps):
         k = self._ctx.keys
         validate_id(connection_id, "connection_id")
         index = k.ws_connections(account_id)
-        for _ in range(MAX_CAS_RETRIES):
+        for _ in range(MAX_ATTEMPTS):
             owner: bytes = await self._ctx.remote.script(
                 "find connection " + connection_id, _lua.WS_OWNER,
                 [k.WS_CONNECTIONS, index], [connection_id, account_id], read=True,

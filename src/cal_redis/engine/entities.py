@@ -203,7 +203,8 @@ class Entities(Generic[T]):
             if ent is None or ident not in self.idents_of(ent):
                 return None  # dangling mapping: the entity moved on or is gone
             if self._gate.fill_ok:
-                l1.set_if_fresh(ikey, id_, self._weight(len(ident) + len(id_)), token)
+                weight = self._ctx.local.ident_weight(self.spec.namespace, len(ident) + len(id_))
+                l1.set_if_fresh(ikey, id_, weight, token)
             return ent
         finally:
             l1.end_fill()
@@ -299,10 +300,7 @@ class Entities(Generic[T]):
                 fkeys, fvalues = keys, values
                 self._check_batch(fvalues, ids, hkey, account_id)  # type: ignore[arg-type]
             if self._gate.fill_ok:
-                l1.set_many_if_fresh(
-                    fkeys, fvalues, sizes, token,
-                    extra_weight=self._ctx.local.overhead(self.spec.namespace),
-                )
+                self._ctx.local.fill_many(self.spec.namespace, fkeys, fvalues, sizes, token)
             return values
         finally:
             l1.end_fill()

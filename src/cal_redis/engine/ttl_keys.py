@@ -43,6 +43,9 @@ class TtlKeySpec(Generic[V]):
     with_ttl: bool = False
     #: ``(id) -> id`` validating/canonicalising the id of an event.
     event_id: Callable[[str], str] = lambda i: validate_id(i, "id")
+    #: The L1 weight counts the id's length too (small string values: the key is a
+    #: large part of what the entry holds).
+    weigh_id: bool = False
 
 
 class TtlKeys(Generic[V]):
@@ -60,6 +63,10 @@ class TtlKeys(Generic[V]):
     def joins(self) -> int:
         """Callers that joined another caller's load."""
         return self.flights.joins
+
+    def _weight(self, id_: str, value_len: int) -> int:
+        n = value_len + len(id_) if self.spec.weigh_id else value_len
+        return self._ctx.local.weight(self.spec.namespace, n)
 
     def l1_key(self, account_id: str | None, id_: str) -> Hashable:
         """The L1 key of a value."""
@@ -105,7 +112,7 @@ class TtlKeys(Generic[V]):
                 ttl = l1.default_ttl
                 if pttl > 0:
                     ttl = pttl / 1000 if ttl is None else min(ttl, pttl / 1000)
-                weight = self._ctx.local.weight(self.spec.namespace, len(raw))
+                weight = self._weight(id_, len(raw))
                 if l1.set_if_fresh(ck, value, weight, token, ttl) or weight > l1.max_weight:
                     return value
             finally:
@@ -139,7 +146,7 @@ class TtlKeys(Generic[V]):
                 ttl = l1.default_ttl
                 if ttl_s is not None:
                     ttl = ttl_s if ttl is None else min(ttl, ttl_s)
-                weight = self._ctx.local.weight(self.spec.namespace, len(outcome.step.value))
+                weight = self._weight(id_, len(outcome.step.value))
                 stored = l1.set_if_fresh(ck, keep, weight, token, ttl)
             if not stored:
                 l1.invalidate(ck)
