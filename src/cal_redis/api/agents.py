@@ -6,7 +6,7 @@ Invariant, kept by writing everything in one atomic script: a user is in
 ``status.status == "available"``, in ``agents:connected`` iff ``status.connected``,
 and ``agents:by_user`` maps it to ``status.name`` (no entry when the name is empty).
 The websocket routing operations keep ``connected`` in line too
-(:mod:`cal_redis.ops.ws`).
+(:mod:`cal_redis.api.ws`).
 """
 
 from __future__ import annotations
