@@ -148,7 +148,10 @@ def configure_logging(spec: str | None = None) -> int | None:
 
     Reads ``CAL_REDIS_LOG`` then ``RUST_LOG`` when ``spec`` is None. Accepts
     ``debug`` or ``info,cal_redis=trace`` forms; the ``cal_redis`` directive wins.
-    Returns the level applied, or None when nothing was configured.
+    The level is applied only while the application has not configured the
+    ``cal_redis`` logger (its level is NOTSET and it has no handlers): the library
+    never changes a level the application set.
+    Returns the level applied, or None when nothing was applied.
     """
     spec = spec if spec is not None else os.environ.get(ENV_LOG) or os.environ.get("RUST_LOG")
     if not spec:
@@ -163,6 +166,10 @@ def configure_logging(spec: str | None = None) -> int | None:
                 break
         elif part in _LEVELS and level is None:
             level = _LEVELS[part]
-    if level is not None:
-        logging.getLogger("cal_redis").setLevel(level)
+    if level is None:
+        return None
+    logger = logging.getLogger("cal_redis")
+    if logger.level != logging.NOTSET or logger.handlers:
+        return None
+    logger.setLevel(level)
     return level
