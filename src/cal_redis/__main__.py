@@ -15,6 +15,7 @@ from . import __version__, _bench
 from ._bench import fmt_time as _fmt
 from ._fast import EXTENSION_ACTIVE
 from .cache import CallableCache
+from .config import redact_url
 from .embedded import EmbeddedRedis
 from .errors import CalRedisError
 from .models import Account, Device, Region, User, now_ms
@@ -36,7 +37,7 @@ async def _median(op: Callable[[], Awaitable[object]], n: int, inner: int = 1) -
 async def _demo(cache: CallableCache, n_users: int) -> None:
     ts = now_ms()
     print(f"cal-redis {__version__} demo — L1: {cache.local.implementation}, "
-          f"hiredis: {hiredis_available()}, Redis at {cache.remote.url}")
+          f"hiredis: {hiredis_available()}, Redis at {redact_url(cache.remote.url)}")
     await cache.set_region(Region(id="eu-west", code="euw", name="Europe West", created_at=ts))
     await cache.set_account(
         Account(id="acc42", name="Acme Telecom", domain="acme.example", code="ACME",
@@ -156,7 +157,7 @@ async def _doctor(url: str | None) -> int:
                 print("redis url        (none configured: started an embedded redis-server)")
         async with await CallableCache.connect(url) as cache:
             version = await cache.remote.server_version()
-            print(f"redis server     {version} at {url}")
+            print(f"redis server     {version} at {redact_url(url)}")
     except CalRedisError as err:
         print(f"redis server     UNREACHABLE: {err}")
         return 1

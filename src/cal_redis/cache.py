@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from .config import CacheConfig, configure_logging, resolve_url
+from .config import CacheConfig, configure_logging, redact_url, resolve_url
 from .events import SyncOps
 from .keys import KeyBuilder
 from .local import LocalTier
@@ -94,7 +94,7 @@ class CallableCache(
             await self._sync.stop()
             await remote.close()
             raise
-        log.debug("connected to %s (instance %s)", remote.url, self.instance_id)
+        log.debug("connected to %s (instance %s)", redact_url(remote.url), self.instance_id)
         return self
 
     @classmethod
@@ -154,4 +154,4 @@ class CallableCache(
         }
 
     def __repr__(self) -> str:
-        return f"<CallableCache {self.remote.url} instance={self.instance_id[:8]}>"
+        return f"<CallableCache {redact_url(self.remote.url)} instance={self.instance_id[:8]}>"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field, replace
 
 from .errors import ConfigurationError
@@ -19,6 +20,7 @@ __all__ = (
     "NamespaceBudget",
     "DEFAULT_BUDGETS",
     "configure_logging",
+    "redact_url",
     "resolve_url",
 )
 
@@ -130,6 +132,31 @@ def resolve_url(url: str | None) -> str:
     if "://" not in env:
         env = "redis://" + env
     return env
+
+
+_QUERY_PASSWORD = re.compile(r"([?&;]password=)[^&;#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for repr, logs and messages.
+
+    Covers ``redis://user:pass@host``, ``rediss://:pass@host``, ``unix://:pass@/path``
+    and ``...?password=pass``. Everything between the first ``:`` after the scheme's
+    ``//`` and the last ``@`` is masked, so a password holding ``@``, ``/`` or ``?``
+    does not leak even where the URL is malformed.
+
+    Example::
+
+        redact_url("redis://app:s3cret@redis:6379/0")  # 'redis://app:***@redis:6379/0'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, tail = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        rest = (f"{user}:***" if colon else userinfo) + "@" + tail
+    return (scheme + sep if sep else "") + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 _LEVELS = {

@@ -22,7 +22,9 @@ import tempfile
 import time
 import weakref
 from types import TracebackType
+from urllib.parse import quote
 
+from .config import redact_url
 from .errors import CalRedisError
 
 __all__ = ("EmbeddedRedis", "EmbeddedRedisError", "find_server_binary")
@@ -84,8 +86,9 @@ class EmbeddedRedis:
     """A private redis-server process; see the module docstring.
 
     ``port``: a fixed TCP port (default: a free one). ``unix_socket``: listen on a
-    unix socket in the temporary directory instead of TCP. ``extra_args`` are passed
-    to the server (e.g. ``["--maxmemory", "64mb"]``).
+    unix socket in the temporary directory instead of TCP. ``password``: start the
+    server with ``requirepass`` (:attr:`url` then carries it; ``repr`` masks it).
+    ``extra_args`` are passed to the server (e.g. ``["--maxmemory", "64mb"]``).
     """
 
     def __init__(
@@ -95,9 +98,11 @@ class EmbeddedRedis:
         unix_socket: bool = False,
         binary: str | None = None,
         extra_args: list[str] | None = None,
+        password: str | None = None,
         startup_timeout: float = 10.0,
     ) -> None:
         self._binary = binary
+        self._password = password or None
         self._port = port
         self._unix = unix_socket
         self._extra = list(extra_args or [])
@@ -114,8 +119,10 @@ class EmbeddedRedis:
     def url(self) -> str:
         """The URL to hand to :meth:`CallableCache.connect` (database 0)."""
         if self.socket_path is not None:
-            return f"unix://{self.socket_path}?db=0"
-        return f"redis://{self.host}:{self.port}/0"
+            auth = f"&password={quote(self._password, safe='')}" if self._password else ""
+            return f"unix://{self.socket_path}?db=0{auth}"
+        auth = f":{quote(self._password, safe='')}@" if self._password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -165,6 +172,8 @@ class EmbeddedRedis:
             path = None
             port = self._port if self._port is not None else _free_port()
             args += ["--port", str(port), "--bind", self.host, "--protected-mode", "yes"]
+        if self._password:
+            args += ["--requirepass", self._password]
         args += self._extra
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -213,6 +222,11 @@ class EmbeddedRedis:
             with sock:
                 sock.settimeout(1.0)
                 sock.connect(target)
+                if self._password:
+                    pw = self._password.encode()
+                    sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(pw), pw))
+                    if not sock.recv(64).startswith(b"+OK"):
+                        return None
                 sock.sendall(b"PING\r\n")
                 if not sock.recv(64).startswith(b"+PONG"):
                     return None
@@ -260,4 +274,4 @@ class EmbeddedRedis:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<EmbeddedRedis {self.url if self.running else ''} {state}>"
+        return f"<EmbeddedRedis {redact_url(self.url) if self.running else ''} {state}>"

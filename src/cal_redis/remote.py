@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import errors
-from .config import CacheConfig
+from .config import CacheConfig, redact_url
 
 __all__ = (
     "RETRYABLE",
@@ -135,7 +135,7 @@ class Remote:
                 decode_responses=False,
             )
         except ValueError as err:
-            raise errors.ConfigurationError(f"invalid Redis URL {url!r}: {err}") from err
+            raise errors.ConfigurationError(f"invalid Redis URL {redact_url(url)!r}: {err}") from err
         pool = self.client.connection_pool
         pool.connection_class = hiredis_packing(pool.connection_class)  # before any connection
         #: The client, untyped: replies are bytes (``decode_responses=False``), which

@@ -47,6 +47,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import codec
+from .config import redact_url
 from .errors import CalRedisError, ConfigurationError, SerializationError, ValidationError
 from .events import EventStream
 from .models import Event, now_ms
@@ -257,7 +258,7 @@ class Subscriber:
                 client_name="cal-redis-sync-" + cache.instance_id[:12],
             )
         except ValueError as err:
-            raise ConfigurationError(f"invalid Redis URL {cache.remote.url!r}: {err}") from err
+            raise ConfigurationError(f"invalid Redis URL {redact_url(cache.remote.url)!r}: {err}") from err
         self._ready = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"cal-redis-sync-{cache.instance_id[:8]}"
