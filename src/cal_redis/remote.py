@@ -28,6 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import errors
+from ._server_info import describe_server
 from .config import CacheConfig, redact_url
 
 __all__ = (
@@ -193,9 +194,9 @@ class Remote:
         return bool(await self.read("PING", self.client.ping))
 
     async def server_version(self) -> str:
-        """The ``redis_version`` the server reports."""
+        """The server's name and version, e.g. ``"redis 7.0.15"``, ``"valkey 9.0.1"``."""
         info: dict[str, Any] = await self.read("INFO", lambda: self.client.info("server"))
-        return str(info.get("redis_version", "unknown"))
+        return describe_server(info)
 
     def stats(self) -> dict[str, int]:
         """Round trips, errors and retries so far."""
