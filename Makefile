@@ -62,4 +62,4 @@ annotate:
 	@echo "open src/cal_redis/_fast/_lru_c.html"
 
 clean:
-	rm -rf build dist wheelhouse .venv .venv-pure .venv-wheel src/*.egg-info src/cal_redis/_fast/*.so src/cal_redis/_fast/_lru_c.c src/cal_redis/_fast/*.html
+	rm -rf build dist wheelhouse .venv .venv-pure .venv-floor .venv-wheel src/*.egg-info src/cal_redis/_fast/*.so src/cal_redis/_fast/_lru_c.c src/cal_redis/_fast/*.html
