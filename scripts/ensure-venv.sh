@@ -1,8 +1,20 @@
 #!/usr/bin/env sh
 # Create the virtualenv $1 with a Python >= 3.10 and install the project with extras $2.
+# REDIS_PY=<version> pins redis-py to that version; REDIS_PY=floor to the oldest one
+# pyproject.toml allows (the `redis[hiredis]>=X` dependency).
 set -eu
 venv="$1"
 extras="$2"
+pin=""
+if [ -n "${REDIS_PY:-}" ]; then
+    version="$REDIS_PY"
+    if [ "$version" = "floor" ]; then
+        version="$(sed -n 's/^ *"redis\[hiredis\]>=\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)"
+        [ -n "$version" ] || { echo "no redis[hiredis]>=X dependency in pyproject.toml" >&2; exit 1; }
+    fi
+    pin="redis[hiredis]==$version"
+    echo "redis-py pinned: $pin" >&2
+fi
 python="${PYTHON:-python3}"
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
     echo "cal-redis needs Python 3.10+ (found: $("$python" --version 2>&1)); set PYTHON=..." >&2
@@ -25,4 +37,4 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # A fresh, non-editable install each time: what runs is what a wheel would hold.
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps ".[${extras}]"
-"$venv/bin/python" -m pip install -q ".[${extras}]"
+"$venv/bin/python" -m pip install -q ".[${extras}]" ${pin:+"$pin"}

@@ -149,8 +149,10 @@ async def _snapshot(client: aioredis.Redis) -> tuple[dict[str, Any] | None, tupl
 def _consistent(doc: dict[str, Any] | None, sets: tuple[bool, ...], name: Any) -> bool:
     if doc is None:
         return sets == (False, False, False) and name is None
-    want = (doc["registered"], doc["status"] == "available", doc["connected"])
-    want_name = doc["name"].encode() if doc["name"] else None
+    # Read as the model does: the foreign document written before any flip (no status
+    # fields) means offline, unregistered, disconnected, no name.
+    want = (doc.get("registered", False), doc.get("status") == "available", doc.get("connected", False))
+    want_name = doc["name"].encode() if doc.get("name") else None
     return sets == want and name == want_name
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -60,16 +61,71 @@ async def test_connect_from_env(monkeypatch: pytest.MonkeyPatch, redis_url: str)
         await cache.close()
 
 
-def test_rust_log_style_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def app_logger() -> Iterator[logging.Logger]:
+    """The ``cal_redis`` logger as an application that never configured it leaves it
+    (level NOTSET, no handlers); its state is restored afterwards."""
     logger = logging.getLogger("cal_redis")
-    old = logger.level
+    saved = logger.level, list(logger.handlers)
+    logger.setLevel(logging.NOTSET)
+    for h in saved[1]:
+        logger.removeHandler(h)
     try:
-        assert configure_logging("info,cal_redis=debug") == logging.DEBUG
-        assert logger.level == logging.DEBUG
-        assert configure_logging("warn") == logging.WARNING
-        assert configure_logging("other_crate=trace") is None
-        monkeypatch.setenv("RUST_LOG", "error")
-        monkeypatch.delenv("CAL_REDIS_LOG", raising=False)
-        assert configure_logging() == logging.ERROR
+        yield logger
     finally:
-        logger.setLevel(old)
+        logger.setLevel(saved[0])
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        for h in saved[1]:
+            logger.addHandler(h)
+
+
+def test_rust_log_style_levels(monkeypatch: pytest.MonkeyPatch, app_logger: logging.Logger) -> None:
+    def applied(spec: str | None = None) -> int | None:
+        app_logger.setLevel(logging.NOTSET)  # each parse on an unconfigured logger
+        return configure_logging(spec)
+
+    assert applied("info,cal_redis=debug") == logging.DEBUG
+    assert app_logger.level == logging.DEBUG
+    assert applied("warn") == logging.WARNING
+    assert applied("info,cal-redis=error") == logging.ERROR
+    assert applied("other_crate=trace") is None
+    assert app_logger.level == logging.NOTSET
+    monkeypatch.setenv("RUST_LOG", "error")
+    monkeypatch.delenv("CAL_REDIS_LOG", raising=False)
+    assert applied() == logging.ERROR
+    monkeypatch.setenv("CAL_REDIS_LOG", "debug")
+    assert applied() == logging.DEBUG
+
+
+async def test_env_level_applied_to_an_unconfigured_logger(
+    monkeypatch: pytest.MonkeyPatch, app_logger: logging.Logger, redis_url: str
+) -> None:
+    monkeypatch.setenv("CAL_REDIS_LOG", "debug")
+    async with await CallableCache.connect(redis_url):
+        pass
+    assert app_logger.level == logging.DEBUG
+
+
+async def test_env_never_overrides_the_application_level(
+    monkeypatch: pytest.MonkeyPatch, app_logger: logging.Logger, redis_url: str
+) -> None:
+    monkeypatch.setenv("CAL_REDIS_LOG", "debug")
+    monkeypatch.setenv("RUST_LOG", "trace")
+    app_logger.setLevel(logging.WARNING)
+    async with await CallableCache.connect(redis_url):
+        pass
+    assert app_logger.level == logging.WARNING
+    assert configure_logging("trace") is None
+    assert app_logger.level == logging.WARNING
+
+
+async def test_env_never_overrides_an_application_handler(
+    monkeypatch: pytest.MonkeyPatch, app_logger: logging.Logger, redis_url: str
+) -> None:
+    """A handler on the logger is configuration too, even with the level left NOTSET."""
+    monkeypatch.setenv("CAL_REDIS_LOG", "error")
+    app_logger.addHandler(logging.NullHandler())
+    async with await CallableCache.connect(redis_url):
+        pass
+    assert app_logger.level == logging.NOTSET

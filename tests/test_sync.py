@@ -436,11 +436,31 @@ RACE_ITERATIONS = int(os.environ.get("CAL_REDIS_RACE_ITERATIONS", "2000"))
 RACE_KEYS = ("r0", "r1", "r2")
 
 
-STALL_LUA = """
-local t = redis.call('TIME')
-local start = t[1] * 1000000 + t[2]
-repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1])
-"""
+# A server stall: a script that spins ARGV[1] iterations. (It cannot watch the clock:
+# since Redis 7.2 and in Valkey, TIME is frozen while a script runs; DEBUG SLEEP is
+# disabled by default.) `stall_rate` calibrates the iterations per microsecond once.
+STALL_LUA = "local x = 0 for i = 1, tonumber(ARGV[1]) do x = x + i end return 0"
+STALL_CALIBRATION_ITERATIONS = 2_000_000
+
+
+async def stall_rate(client: aioredis.Redis) -> float:
+    """Script iterations per microsecond on this server, from the server's own time
+    for the script (INFO commandstats): the fastest of three runs of a few ms, so a
+    stall lasts at least about what was asked. Nothing else runs EVAL meanwhile."""
+
+    async def eval_usec() -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_eval", {}).get("usec", 0))
+
+    n = STALL_CALIBRATION_ITERATIONS
+    best = None
+    for _ in range(3):
+        before = await eval_usec()
+        await client.eval(STALL_LUA, 0, n)
+        took = await eval_usec() - before
+        best = took if best is None else min(best, took)
+    assert best, "INFO commandstats reports no time for EVAL"
+    return n / best
 
 
 async def yields(rng: random.Random) -> None:
@@ -462,6 +482,8 @@ async def test_race_no_stale_reads(
     stall_client = aioredis.Redis.from_url(redis_url)
     checker = aioredis.Redis.from_url(redis_url)
     stale: list[str] = []
+    per_us = await stall_rate(stall_client)
+    stalled_us: list[int] = []
 
     async def run_pair(proto: int, iterations: int) -> None:
         cfg = CacheConfig(protocol=proto)
@@ -505,7 +527,9 @@ async def test_race_no_stale_reads(
             # Freeze the server for a moment: every reply in flight is late.
             # (CLIENT PAUSE would do, but it ends on a ~100 ms server tick.)
             await yields(rng)
-            await stall_client.eval(STALL_LUA, 0, rng.randint(200, 2000))
+            us = rng.randint(200, 2000)
+            stalled_us.append(us)
+            await stall_client.eval(STALL_LUA, 0, max(1, round(us * per_us)))
 
         for it in range(iterations):
             rng = random.Random(f"{proto}/{it}")
@@ -541,7 +565,9 @@ async def test_race_no_stale_reads(
         await checker.aclose()
     elapsed = time.perf_counter() - started
     with capsys.disabled():
-        print(f"\n[race] {2 * half} interleavings in {elapsed:.1f}s, stale values: {len(stale)}")
+        print(f"\n[race] {2 * half} interleavings in {elapsed:.1f}s, {len(stalled_us)} server stalls "
+              f"({sum(stalled_us) / 1000:.0f} ms at {per_us:.0f} iterations/us), stale values: {len(stale)}")
+    assert stalled_us, "no round stalled the server"
     assert not stale, stale[:10]
 
 

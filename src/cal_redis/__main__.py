@@ -34,7 +34,7 @@ async def _median(op: Callable[[], Awaitable[object]], n: int, inner: int = 1) -
 async def _demo(cache: CallableCache, n_users: int) -> None:
     ts = now_ms()
     print(f"cal-redis {__version__} demo — L1: {cache.local.implementation}, "
-          f"hiredis: {hiredis_available()}, Redis at {cache.remote.url}")
+          f"hiredis: {hiredis_available()}, Redis at {cache.remote.safe_url}")
     await cache.set_region(Region(id="eu-west", code="euw", name="Europe West", created_at=ts))
     await cache.set_account(
         Account(id="acc42", name="Acme Telecom", domain="acme.example", code="ACME",

@@ -284,7 +284,7 @@ def format_table(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines += ["", "baselines (measured in the same run, interleaved with ours):", *notes, "",
               f"{report['mode']} run, {report['duration_s']} s; {m['nproc']} CPU ({m['cpu']}), "
-              f"Python {m['python']}, redis-server {m['redis_server']}, redis-py {m['redis_py']} "
+              f"Python {m['python']}, server {m['redis_server']}, redis-py {m['redis_py']} "
               f"(hiredis {m['hiredis']}), msgspec {m['msgspec']}, L1 {m['l1']}",
               "ratio = median(ours) / median(baseline); a row fails when the ratio exceeds its",
               "gate or when trips (round trips to Redis per operation, ours/baseline) shows",
@@ -331,7 +331,7 @@ def write_chart(report: dict[str, Any], path: str) -> None:
     ax.set_xlabel("latency per operation (µs, log scale)")
     m = report["machine"]
     ax.set_title(f"cal-redis bench ({report['mode']}): {m['nproc']} CPU {m['cpu']}, "
-                 f"Python {m['python']}, redis {m['redis_server']}", fontsize=9)
+                 f"Python {m['python']}, {m['redis_server']}", fontsize=9)
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))

