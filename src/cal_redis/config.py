@@ -120,6 +120,10 @@ class CacheConfig:
     cluster: bool = False
     #: Maximum connections in the redis-py pool.
     max_connections: int = 64
+    #: Seconds a caller waits for a free connection when all ``max_connections`` are
+    #: busy, before :class:`~cal_redis.errors.TimeoutError` (a burst waits, it does
+    #: not fail).
+    pool_timeout: float = 5.0
     #: Seconds to establish a connection / to wait for a reply.
     connect_timeout: float = 2.0
     socket_timeout: float = 2.0
@@ -152,6 +156,8 @@ class CacheConfig:
             )
         if self.max_connections < 1:
             raise ConfigurationError("max_connections must be >= 1")
+        if not self.pool_timeout > 0:
+            raise ConfigurationError("pool_timeout must be > 0 seconds")
         if self.read_retries < 0:
             raise ConfigurationError("read_retries must be >= 0")
         if self.protocol not in (2, 3):

@@ -15,6 +15,8 @@ a closed cache never reconnects silently, and a pool is never shared across loop
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -101,6 +103,67 @@ class Script:
         return f"<Script {self.name} {self.sha[:8]}>"
 
 
+class _WaitingPool(aioredis.ConnectionPool):
+    """redis-py's pool, but a caller past ``max_connections`` waits for a released
+    connection (up to ``pool_timeout`` s) instead of failing with "Too many connections".
+
+    The common case (a connection is free, or one more may be made) takes redis-py's own
+    path unchanged; only a full pool waits, woken one caller per release.
+    """
+
+    def __init__(self, *args: Any, pool_timeout: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool_timeout = pool_timeout
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._closing = False
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.can_get_connection():
+            await self._wait()
+        return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.pool_timeout
+        while not self.can_get_connection():
+            if self._closing:
+                raise errors.ClosedError("the cache is closed")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise errors.TimeoutError(
+                    f"no free Redis connection within {self.pool_timeout:g} s: all "
+                    f"{self.max_connections} of the pool are busy (CacheConfig.max_connections"
+                    ", pool_timeout)"
+                )
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    def wake_all(self) -> None:
+        """Wake every waiting caller (the pool is closing: they raise ClosedError)."""
+        self._closing = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+
 class Remote:
     """One redis.asyncio client (pool) plus counters; see the module docstring."""
 
@@ -122,8 +185,9 @@ class Remote:
         self.safe_url = redact_url(url)
         self.config = config
         try:
-            self.client: aioredis.Redis = aioredis.Redis.from_url(
+            pool = _WaitingPool.from_url(
                 url,
+                pool_timeout=config.pool_timeout,
                 max_connections=config.max_connections,
                 socket_connect_timeout=config.connect_timeout,
                 socket_timeout=config.socket_timeout,
@@ -133,8 +197,9 @@ class Remote:
             )
         except ValueError as err:
             raise errors.ConfigurationError(f"invalid Redis URL {self.safe_url!r}: {err}") from err
-        pool = self.client.connection_pool
         pool.connection_class = hiredis_packing(pool.connection_class)  # before any connection
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.client.auto_close_connection_pool = True  # as from_url does: aclose() closes it
         #: The client, untyped: replies are bytes (``decode_responses=False``), which
         #: redis-py's annotations cannot express, so callers annotate each reply.
         self.cmd: Any = self.client
@@ -173,6 +238,9 @@ class Remote:
     async def close(self) -> None:
         """Refuse further I/O and close the pool (idempotent)."""
         self._loop = None
+        pool = self.client.connection_pool
+        if isinstance(pool, _WaitingPool):
+            pool.wake_all()
         await self.client.aclose()
 
     # -- commands ----------------------------------------------------------------------------
