@@ -124,6 +124,9 @@ class CacheConfig:
     #: busy, before :class:`~cal_redis.errors.TimeoutError` (a burst waits, it does
     #: not fail).
     pool_timeout: float = 5.0
+    #: Coalesce concurrent cache-first misses of one hash into one HMGET (a lone miss
+    #: is still sent at once as an HGET). False: one HGET per miss.
+    coalesce_reads: bool = True
     #: Seconds to establish a connection / to wait for a reply.
     connect_timeout: float = 2.0
     socket_timeout: float = 2.0

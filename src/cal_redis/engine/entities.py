@@ -21,6 +21,7 @@ from .. import codec
 from ..errors import CalRedisError, NotFoundError, SerializationError, ValidationError
 from ..keys import KeyBuilder, validate_id, validate_ident, validate_ids
 from ..models import Event, Model
+from .coalesce import HashReader
 from .single_flight import SingleFlight
 from .writes import KNOWN, Guess, Step, Target, write
 
@@ -59,6 +60,7 @@ class Entities(Generic[T]):
         "_global_hkey",
         "_id_arg",
         "_known",
+        "_readers",
         "_remote",
         "flights",
         "l1",
@@ -80,6 +82,9 @@ class Entities(Generic[T]):
         self._id_arg = spec.kind.lower() + "_id"
         self._global_hkey = "" if spec.scoped else spec.hash_key(ctx.keys, None)
         self._known = codec.known_fields(spec.model)
+        # Coalesced readers by hash key (None: coalescing off); those of account
+        # hashes are dropped when idle.
+        self._readers: dict[str, HashReader] | None = {} if ctx.config.coalesce_reads else None
 
     @property
     def joins(self) -> int:
@@ -107,6 +112,20 @@ class Entities(Generic[T]):
         else:
             values = [getattr(obj, f, None) for f in fields]
         return frozenset(v for v in values if isinstance(v, str) and v)
+
+    async def _hget(self, hkey: str, field: str) -> bytes | None:
+        readers = self._readers
+        if readers is None:
+            remote = self._remote
+            raw: bytes | None = await remote.read("HGET " + hkey, remote.cmd.hget, hkey, field)
+            return raw
+        reader = readers.get(hkey)
+        if reader is None:
+            drop = None if hkey == self._global_hkey else readers.pop
+            reader = readers[hkey] = HashReader(
+                self._remote, hkey, None if drop is None else lambda k: drop(k, None)
+            )
+        return await reader.get(field)
 
     def _weight(self, json_len: int) -> int:
         return self._ctx.local.weight(self.spec.namespace, json_len)
@@ -148,8 +167,7 @@ class Entities(Generic[T]):
         l1 = self.l1
         token = l1.begin_fill()
         try:
-            remote = self._remote
-            raw: bytes | None = await remote.read("HGET " + hkey, remote.cmd.hget, hkey, id_)
+            raw = await self._hget(hkey, id_)
             if raw is None:
                 return None
             try:
@@ -187,10 +205,7 @@ class Entities(Generic[T]):
             l1.invalidate(ikey)
         token = l1.begin_fill()
         try:
-            remote = self._remote
-            raw_id: bytes | None = await remote.read(
-                "HGET " + ikey_hash, remote.cmd.hget, ikey_hash, ident
-            )
+            raw_id = await self._hget(ikey_hash, ident)
             if raw_id is None:
                 return None
             try:
