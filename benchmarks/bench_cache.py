@@ -26,7 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cal_redis import CallableCache, User
-from cal_redis._bench_scenarios import USER_HASH
+from cal_redis.bench._scenarios import USER_HASH
 
 L1_OPS = 1000
 L2_OPS = 100

@@ -6,10 +6,10 @@ redis-py asyncio ``PUBLISH`` of a message of the same size → received by a red
 (ours, raw, ours, raw...), both sides in one process and one event loop, with the
 garbage collector paused during the run.
 
-The three series are described in ``cal_redis._bench_propagation``.
+The series are described in ``cal_redis.bench._propagation``.
 
 Run: ``python benchmarks/bench_propagation.py [--events 2000] [--protocol 3]``.
-Import: ``await measure_propagation(events=2000)`` (from ``cal_redis._bench``) returns the
+Import: ``await measure_propagation(events=2000)`` (from ``cal_redis.bench``) returns the
 figures as a dict.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 # The measuring function lives in the package so that `python -m cal_redis bench`
 # can run it from an installed wheel; this script is its standalone front end.
-from cal_redis._bench import measure_propagation
+from cal_redis.bench import measure_propagation
 
 __all__ = ("measure_propagation", "main")
 

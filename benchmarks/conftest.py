@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cal_redis import CallableCache
-from cal_redis._bench_scenarios import BENCH_CONFIG, N_USERS, seed_users, stock_client
+from cal_redis.bench._scenarios import BENCH_CONFIG, N_USERS, seed_users, stock_client
 from cal_redis.embedded import EmbeddedRedis
 
 

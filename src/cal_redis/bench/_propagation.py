@@ -1,8 +1,8 @@
 """Event propagation: a write on instance A → the event applied to instance B's L1.
 
-Moved here from ``benchmarks/bench_propagation.py`` (which imports it) so that
-``python -m cal_redis bench`` can run it from an installed wheel. Also available as
-``cal_redis._bench.measure_propagation``.
+It lives in the package so that ``python -m cal_redis bench`` can run it from an
+installed wheel; ``benchmarks/bench_propagation.py`` is its standalone front end. Also
+available as ``cal_redis.bench.measure_propagation``.
 
 Measured beside the raw client doing the same transport work in the same run:
 redis-py asyncio ``PUBLISH`` of a message of the same size → received by a redis-py
@@ -36,11 +36,11 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from . import codec
-from .cache import CallableCache
-from .config import CacheConfig
-from .embedded import EmbeddedRedis
-from .models import Event, User, now_ms
+from .. import codec
+from ..cache import CallableCache
+from ..config import CacheConfig
+from ..embedded import EmbeddedRedis
+from ..models import Event, User, now_ms
 
 __all__ = ("RAW_CHANNEL", "measure_propagation")
 

@@ -1,31 +1,26 @@
-"""``python -m cal_redis bench``: our latencies beside the raw client, same run, same data.
+"""The runner of ``python -m cal_redis bench``: interleaved sides, statistics, the report.
 
 Every scenario runs our operation and a baseline doing the same work with the raw
-client (or a plain ``dict``), interleaved round by round, after a warm-up. The table
-gives our median and p99, the baseline's median, the ratio of medians (ours /
-baseline), the issue's goal and SPEC's seed figure where one applies, and the CI gate
-on the ratio. Absolute times drift between runs on shared machines; ratios measured in
-one run do not, so only ratios are gated. See docs/benchmarks.md.
+client (or a plain ``dict``), interleaved round by round, after a warm-up. Absolute
+times drift between runs on shared machines; ratios measured in one run do not, so
+only ratios are gated. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import gc
-import json
 import math
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._bench_propagation import measure_propagation
-from ._bench_scenarios import (
+from ..cache import CallableCache
+from ._propagation import measure_propagation
+from ._scenarios import (
     BENCH_CONFIG,
     N_USERS,
     Scenario,
@@ -35,17 +30,15 @@ from ._bench_scenarios import (
     seed_users,
     stock_client,
 )
-from .cache import CallableCache
 
 __all__ = (
-    "Stats",
+    "PROPAGATION_ROWS",
+    "Progress",
     "Result",
+    "Stats",
+    "count_round_trips",
     "interleave",
-    "measure_propagation",
     "run_bench",
-    "format_table",
-    "add_arguments",
-    "main",
 )
 
 
@@ -135,7 +128,7 @@ async def count_round_trips(side: Side, tries: int = 3) -> int:
 def _results(
     sc: Scenario, samples: dict[str, list[float]], trips: dict[str, int]
 ) -> list[Result]:
-    from ._fast import EXTENSION_ACTIVE
+    from .._fast import EXTENSION_ACTIVE
 
     results = []
     for row in sc.rows:
@@ -160,9 +153,9 @@ def _machine(server_version: str) -> dict[str, str]:
     import msgspec
     import redis
 
-    from . import __version__
-    from ._fast import EXTENSION_ACTIVE
-    from .remote import hiredis_available
+    from .. import __version__
+    from .._fast import EXTENSION_ACTIVE
+    from ..remote import hiredis_available
 
     return {
         "cal_redis": __version__,
@@ -247,130 +240,3 @@ def _as_json(r: Result) -> dict[str, Any]:
     d = asdict(r)
     d["passed"] = r.passed
     return d
-
-
-def fmt_time(seconds: float) -> str:
-    """A duration with a readable unit (ns, µs, ms)."""
-    if seconds < 1e-6:
-        return f"{seconds * 1e9:.0f} ns"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} µs"
-    return f"{seconds * 1e3:.2f} ms"
-
-
-def format_table(report: dict[str, Any]) -> str:
-    """The report as a fixed-width text table (baselines listed below it)."""
-    head = ("scenario", "median", "p99", "baseline", "ratio", "goal", "seed", "gate", "trips", "")
-    rows = [head]
-    notes = []
-    for i, r in enumerate(report["results"], 1):
-        rows.append((
-            r["label"], fmt_time(r["ours"]["median"]), fmt_time(r["ours"]["p99"]),
-            f"{fmt_time(r['base']['median'])} [{i}]", f"{r['ratio']:.2f}x",
-            f"<={r['goal']:.2f}x" if r["goal"] else "", r["seed_text"],
-            f"<={r['gate']:.2f}x",
-            "-" if r["trips"] is None else f"{r['trips']}/{r['base_trips']}",
-            "PASS" if r["passed"] else "FAIL",
-        ))
-        notes.append(f"[{i}] {r['baseline']}")
-    widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
-    lines = []
-    for n, row in enumerate(rows):
-        rest = [v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)]
-        cells = [row[0].ljust(widths[0]), *rest]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("-" * len(lines[0]))
-    m = report["machine"]
-    lines += ["", "baselines (measured in the same run, interleaved with ours):", *notes, "",
-              f"{report['mode']} run, {report['duration_s']} s; {m['nproc']} CPU ({m['cpu']}), "
-              f"Python {m['python']}, redis-server {m['redis_server']}, redis-py {m['redis_py']} "
-              f"(hiredis {m['hiredis']}), msgspec {m['msgspec']}, L1 {m['l1']}",
-              "ratio = median(ours) / median(baseline); a row fails when the ratio exceeds its",
-              "gate or when trips (round trips to Redis per operation, ours/baseline) shows",
-              "more round trips for ours than for the baseline.",
-              "RESULT: " + ("PASS" if report["passed"] else "FAIL")]
-    for r in report["results"]:
-        if r["ratio"] > r["gate"]:
-            lines.append(f"  FAIL {r['label'].strip()}: ratio {r['ratio']:.2f}x > gate "
-                         f"{r['gate']:.2f}x")
-        if (r["trips"] or 0) > (r["base_trips"] or 0):
-            lines.append(f"  FAIL {r['label'].strip()}: {r['trips']} round trips per call, "
-                         f"the baseline needs {r['base_trips']}")
-    return "\n".join(lines)
-
-
-def write_chart(report: dict[str, Any], path: str) -> None:
-    """Bar chart (log scale): our median, the baseline's, and the seed figure per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    res = [r for r in report["results"] if not r["key"].endswith("_vs_seq")]
-    labels = [r["label"] for r in res]
-    y = list(range(len(res)))
-    h = 0.38
-    fig, ax = plt.subplots(figsize=(10, 0.7 * len(res) + 1.6))
-    ax.barh([v - h / 2 for v in y], [r["ours"]["median"] * 1e6 for r in res], h,
-            label="cal-redis (median)", color="#1f77b4")
-    ax.barh([v + h / 2 for v in y], [r["base"]["median"] * 1e6 for r in res], h,
-            label="baseline, same run (median)", color="#aaaaaa")
-    seeded = [(v, r["seed"]) for v, r in zip(y, res, strict=True) if r["seed"]]
-    for n, (v, (lo, hi)) in enumerate(seeded):
-        ax.plot([lo * 1e6, hi * 1e6], [v, v], color="#d62728", lw=2)
-        ax.plot([hi * 1e6], [v], marker="|", ms=14, color="#d62728",
-                label="seed target (SPEC)" if n == 0 else None)
-    for v, r in zip(y, res, strict=True):
-        ax.annotate(f" {r['ratio']:.2f}x", (r["ours"]["median"] * 1e6, v - h / 2),
-                    va="center", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_yticks(y)
-    ax.set_yticklabels(labels)
-    ax.invert_yaxis()
-    ax.set_xlabel("latency per operation (µs, log scale)")
-    m = report["machine"]
-    ax.set_title(f"cal-redis bench ({report['mode']}): {m['nproc']} CPU {m['cpu']}, "
-                 f"Python {m['python']}, redis {m['redis_server']}", fontsize=9)
-    ax.grid(axis="x", which="both", alpha=0.3)
-    fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``bench`` subcommand's options."""
-    p.add_argument("--url", help="benchmark this Redis; its database is FLUSHDB'd first, so "
-                   "never point it at shared data (default: start an embedded one)")
-    p.add_argument("--quick", action="store_true", help="short run for CI (about 20 s)")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    p.add_argument("--chart", metavar="FILE", help="also write a PNG chart (needs matplotlib)")
-
-
-def _progress(msg: str) -> None:
-    print(f"bench: {msg} ...", file=sys.stderr, flush=True)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the benchmark as the CLI asks; 0 when every gate holds, else 1."""
-    server = None
-    url: str | None = args.url
-    if not url:
-        from .embedded import EmbeddedRedis
-
-        _progress("starting a private redis-server")
-        server = EmbeddedRedis().start()
-        url = server.url
-    try:
-        report = asyncio.run(run_bench(url, quick=args.quick, progress=_progress))
-    finally:
-        if server is not None:
-            server.stop()
-    print(format_table(report))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-    if args.chart:
-        write_chart(report, args.chart)
-    return 0 if report["passed"] else 1

@@ -6,7 +6,7 @@ samples and returns seconds per operation for each. Work done to set a sample up
 (invalidating L1 before an L2 read, flushing it before a batch) happens outside the
 timed region, between ``perf_counter`` reads. Nanosecond-scale sides (L1 hits) time a
 block of calls per sample and return the block mean, since a clock read costs about as
-much as the call. The runner (:mod:`cal_redis._bench`) alternates the sides round by
+much as the call. The runner (:mod:`cal_redis.bench._runner`) alternates the sides round by
 round (A B, B A, ...) so drift of a noisy machine hits both alike.
 
 Baselines are redis-py as a user would call it by hand: a stock ``redis.asyncio``
@@ -27,10 +27,10 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from . import codec
-from .cache import CallableCache
-from .config import CacheConfig
-from .models import AgentState, AgentStatus, User, now_ms
+from .. import codec
+from ..cache import CallableCache
+from ..config import CacheConfig
+from ..models import AgentState, AgentStatus, User, now_ms
 
 __all__ = (
     "BENCH_CONFIG",

@@ -1,0 +1,90 @@
+"""The report of ``python -m cal_redis bench``: the text table and the optional chart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._fmt import fmt_time
+
+__all__ = ("format_table", "write_chart")
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a fixed-width text table (baselines listed below it)."""
+    head = ("scenario", "median", "p99", "baseline", "ratio", "goal", "seed", "gate", "trips", "")
+    rows = [head]
+    notes = []
+    for i, r in enumerate(report["results"], 1):
+        rows.append((
+            r["label"], fmt_time(r["ours"]["median"]), fmt_time(r["ours"]["p99"]),
+            f"{fmt_time(r['base']['median'])} [{i}]", f"{r['ratio']:.2f}x",
+            f"<={r['goal']:.2f}x" if r["goal"] else "", r["seed_text"],
+            f"<={r['gate']:.2f}x",
+            "-" if r["trips"] is None else f"{r['trips']}/{r['base_trips']}",
+            "PASS" if r["passed"] else "FAIL",
+        ))
+        notes.append(f"[{i}] {r['baseline']}")
+    widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
+    lines = []
+    for n, row in enumerate(rows):
+        rest = [v.rjust(w) for v, w in zip(row[1:], widths[1:], strict=True)]
+        cells = [row[0].ljust(widths[0]), *rest]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("-" * len(lines[0]))
+    m = report["machine"]
+    lines += ["", "baselines (measured in the same run, interleaved with ours):", *notes, "",
+              f"{report['mode']} run, {report['duration_s']} s; {m['nproc']} CPU ({m['cpu']}), "
+              f"Python {m['python']}, redis-server {m['redis_server']}, redis-py {m['redis_py']} "
+              f"(hiredis {m['hiredis']}), msgspec {m['msgspec']}, L1 {m['l1']}",
+              "ratio = median(ours) / median(baseline); a row fails when the ratio exceeds its",
+              "gate or when trips (round trips to Redis per operation, ours/baseline) shows",
+              "more round trips for ours than for the baseline.",
+              "RESULT: " + ("PASS" if report["passed"] else "FAIL")]
+    for r in report["results"]:
+        if r["ratio"] > r["gate"]:
+            lines.append(f"  FAIL {r['label'].strip()}: ratio {r['ratio']:.2f}x > gate "
+                         f"{r['gate']:.2f}x")
+        if (r["trips"] or 0) > (r["base_trips"] or 0):
+            lines.append(f"  FAIL {r['label'].strip()}: {r['trips']} round trips per call, "
+                         f"the baseline needs {r['base_trips']}")
+    return "\n".join(lines)
+
+
+def write_chart(report: dict[str, Any], path: str) -> None:
+    """Bar chart (log scale): our median, the baseline's, and the seed figure per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = [r for r in report["results"] if not r["key"].endswith("_vs_seq")]
+    labels = [r["label"] for r in res]
+    y = list(range(len(res)))
+    h = 0.38
+    fig, ax = plt.subplots(figsize=(10, 0.7 * len(res) + 1.6))
+    ax.barh([v - h / 2 for v in y], [r["ours"]["median"] * 1e6 for r in res], h,
+            label="cal-redis (median)", color="#1f77b4")
+    ax.barh([v + h / 2 for v in y], [r["base"]["median"] * 1e6 for r in res], h,
+            label="baseline, same run (median)", color="#aaaaaa")
+    seeded = [(v, r["seed"]) for v, r in zip(y, res, strict=True) if r["seed"]]
+    for n, (v, (lo, hi)) in enumerate(seeded):
+        ax.plot([lo * 1e6, hi * 1e6], [v, v], color="#d62728", lw=2)
+        ax.plot([hi * 1e6], [v], marker="|", ms=14, color="#d62728",
+                label="seed target (SPEC)" if n == 0 else None)
+    for v, r in zip(y, res, strict=True):
+        ax.annotate(f" {r['ratio']:.2f}x", (r["ours"]["median"] * 1e6, v - h / 2),
+                    va="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("latency per operation (µs, log scale)")
+    m = report["machine"]
+    ax.set_title(f"cal-redis bench ({report['mode']}): {m['nproc']} CPU {m['cpu']}, "
+                 f"Python {m['python']}, redis {m['redis_server']}", fontsize=9)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.legend(loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
