@@ -30,6 +30,7 @@ import gc
 import math
 import statistics
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -63,7 +64,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 def _stamp_exec(cache: CallableCache, stamps: list[float]) -> None:
     """Record perf_counter() just before each MULTI/EXEC of ``cache``'s writes."""
-    client = cache.remote.client
+    client = cache.redis_connection()
     make = client.pipeline
 
     def pipeline(*args: Any, **kw: Any) -> Any:
@@ -175,7 +176,7 @@ async def measure_propagation(
 
         # The raw message has the size of one of our events.
         event_bytes = len(codec.encode(Event(
-            type="UserUpdate", id=uid, account_id="acc-000042", origin=b.instance_id,
+            type="UserUpdate", id=uid, account_id="acc-000042", origin=uuid.uuid4().hex,
             ts=now_ms(), data=msgspec.Raw(codec.encode(user)),
         )))
         message = b"x" * event_bytes

@@ -152,10 +152,10 @@ def _machine(server_version: str) -> dict[str, str]:
         pass
     import msgspec
     import redis
+    from redis.utils import HIREDIS_AVAILABLE
 
     from .. import __version__
     from .._fast import EXTENSION_ACTIVE
-    from ..remote import hiredis_available
 
     return {
         "cal_redis": __version__,
@@ -163,7 +163,7 @@ def _machine(server_version: str) -> dict[str, str]:
         "cpu": cpu,
         "python": platform.python_version(),
         "redis_py": redis.__version__,
-        "hiredis": str(hiredis_available()),
+        "hiredis": str(HIREDIS_AVAILABLE),
         "msgspec": msgspec.__version__,
         "redis_server": server_version,
         "l1": "cython" if EXTENSION_ACTIVE else "python",
@@ -179,9 +179,9 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
     cache = await CallableCache.connect(url, config=BENCH_CONFIG)
     stock = None
     try:
-        await cache.remote.client.flushdb()
+        await cache.redis_connection().flushdb()
         ids = await seed_users(cache, N_USERS)
-        stock = stock_client(cache)
+        stock = stock_client(url)
         scenarios = cache_scenarios(cache, ids, stock) + ops_scenarios(cache, stock)
         total = len(scenarios) + 1  # + event propagation
         results: list[Result] = []
@@ -193,7 +193,8 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
                                        sc.warmup, sc.side_n)
             trips = {name: await count_round_trips(side) for name, side in sc.sides.items()}
             results.extend(_results(sc, samples, trips))
-        machine = _machine(await cache.remote.server_version())
+        info = await cache.redis_connection().info("server")
+        machine = _machine(str(info.get("redis_version", "unknown")))
     finally:
         if stock is not None:
             await stock.aclose()

@@ -22,6 +22,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -30,6 +31,7 @@ from redis.typing import EncodableT, FieldT
 from .. import codec
 from ..cache import CallableCache
 from ..config import CacheConfig
+from ..keys import KeyBuilder
 from ..models import AgentState, AgentStatus, User, now_ms
 
 __all__ = (
@@ -107,7 +109,7 @@ def make_user(i: int) -> User:
 
 async def seed_users(cache: CallableCache, n: int = N_USERS) -> list[str]:
     """Write ``n`` users straight into ``cal:users`` (pipelined HSET); return their ids."""
-    client = cache.remote.client
+    client = cache.redis_connection()
     ids = []
     for start in range(0, n, 1000):
         mapping: dict[FieldT, EncodableT] = {}
@@ -119,9 +121,10 @@ async def seed_users(cache: CallableCache, n: int = N_USERS) -> list[str]:
     return ids
 
 
-def stock_client(cache: CallableCache) -> aioredis.Redis:
-    """A stock redis.asyncio client to the cache's server: the hand-written baseline."""
-    return aioredis.Redis.from_url(cache.remote.url, protocol=cache.remote.config.protocol)
+def stock_client(url: str, **kwargs: Any) -> aioredis.Redis:
+    """A stock redis.asyncio client to ``url`` (the bench cache's server), speaking the
+    same RESP version as the cache: the hand-written baseline."""
+    return aioredis.Redis.from_url(url, protocol=BENCH_CONFIG.protocol, **kwargs)
 
 
 def _cycle(ids: list[str]) -> Callable[[], str]:
@@ -140,7 +143,7 @@ def cache_scenarios(
     cache: CallableCache, ids: list[str], stock: aioredis.Redis
 ) -> list[Scenario]:
     """The cache-level scenarios over ``ids`` (already in Redis); ``stock``: the baseline client."""
-    client = cache.remote.client
+    client = cache.redis_connection()
     l1 = cache.local["users"]
     dec = msgspec.json.Decoder(User).decode
     shuffled = ids[:]
@@ -338,7 +341,7 @@ def cache_scenarios(
 def ops_scenarios(cache: CallableCache, stock: aioredis.Redis) -> list[Scenario]:
     """Direct-Redis operations beside the same commands sent by hand on ``stock``."""
     client = stock
-    keys = cache.keys
+    keys = KeyBuilder(cluster=BENCH_CONFIG.cluster)
     acc, queue = "acc-bench", "support"
     qkey = keys.queue(acc, queue)
     items = _cycle([f"call-{i:05d}" for i in range(1000)])
