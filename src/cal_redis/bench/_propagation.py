@@ -57,6 +57,7 @@ def _summary(samples: list[float]) -> dict[str, float]:
     return {
         "p50_us": statistics.median(samples) * 1e6,
         "p99_us": _pct(samples, 0.99) * 1e6,
+        "min_us": min(samples) * 1e6,
         "max_us": max(samples) * 1e6,
         "n": len(samples),
     }
