@@ -28,6 +28,10 @@ def _grid(rows: Sequence[tuple[str, ...]]) -> list[str]:
     return lines
 
 
+def _rate(per_s: float) -> str:
+    return f"{per_s:,.0f} /s"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The report as fixed-width text tables (baselines listed below them)."""
     head = ("scenario", "by", "ours", "baseline", "ratio", "goal", "seed", "gate", "trips",
@@ -48,6 +52,23 @@ def format_table(report: dict[str, Any]) -> str:
         ))
         notes.append(f"[{i}] {r['baseline']}")
     lines = _grid(rows)
+    throughput = report.get("throughput", [])
+    if throughput:
+        t_rows = [("scenario", "ours", "baseline", "ratio", "goal", "failed", "gate", "")]
+        for j, t in enumerate(throughput, len(notes) + 1):
+            gate = "failed == 0"
+            if t["min_ratio"] is not None:
+                gate += f", >={t['min_ratio']:.2f}x"
+            t_rows.append((
+                t["label"], _rate(t["ours_per_s"]), f"{_rate(t['base_per_s'])} [{j}]",
+                f"{t['ratio']:.2f}x", f">={t['goal']:.2f}x",
+                f"{t['failures']} of {t['writes'] + t['failures']}", gate,
+                "PASS" if t["passed"] else "FAIL",
+            ))
+            notes.append(f"[{j}] {t['baseline']}")
+        t0 = throughput[0]
+        lines += ["", f"throughput: writes per second, {t0['rounds']} windows of "
+                  f"{t0['window_s']:g} s per side, interleaved", *_grid(t_rows)]
     m = report["machine"]
     lines += ["", "baselines (measured in the same run, interleaved with ours):", *notes, "",
               f"{report['mode']} run, {report['duration_s']} s; {m['nproc']} CPU ({m['cpu']}), "
@@ -59,6 +80,8 @@ def format_table(report: dict[str, Any]) -> str:
               "trips to Redis per operation, ours/baseline) shows more round trips for ours",
               "than for the baseline, or when an exact check of the measurement fails.",
               "median, p99: ours, for information; p50 ratio: median(ours) / median(baseline).",
+              "Throughput: ratio = ours / baseline writes per second (higher is better); a",
+              "row fails when any of our writes raised (warm-up included).",
               "RESULT: " + ("PASS" if report["passed"] else "FAIL")]
     for r in report["results"]:
         name = r["label"].strip()
@@ -69,6 +92,15 @@ def format_table(report: dict[str, Any]) -> str:
                          f"the baseline needs {r['base_trips']}")
         if r["problem"]:
             lines.append(f"  FAIL {name}: {r['problem']}")
+    for t in throughput:
+        name = t["label"].strip()
+        if t["failures"]:
+            kinds = "; ".join(f"{n} x {msg}" for msg, n in t["errors"].items())
+            lines.append(f"  FAIL {name}: {t['failures']} writes raised ({kinds})")
+        if t["min_ratio"] is not None and t["ratio"] < t["min_ratio"]:
+            lines.append(f"  FAIL {name}: ratio {t['ratio']:.2f}x < gate {t['min_ratio']:.2f}x")
+        if t["problem"]:
+            lines.append(f"  FAIL {name}: {t['problem']}")
     return "\n".join(lines)
 
 

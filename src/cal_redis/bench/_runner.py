@@ -30,6 +30,7 @@ from ._scenarios import (
     seed_users,
     stock_client,
 )
+from ._writers import WRITERS, WRITERS_ROW, Throughput, measure_writers
 
 __all__ = (
     "PROPAGATION_ROWS",
@@ -202,7 +203,7 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
         ids = await seed_users(cache, N_USERS)
         stock = stock_client(url)
         scenarios = cache_scenarios(cache, ids, stock) + ops_scenarios(cache, stock)
-        total = len(scenarios) + 1  # + event propagation
+        total = len(scenarios) + 2  # + event propagation + concurrent writers
         results: list[Result] = []
         for i, sc in enumerate(scenarios, 1):
             progress(f"[{i}/{total}] {sc.name}")
@@ -217,18 +218,25 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
     finally:
         if stock is not None:
             await stock.aclose()
-        await cache.close()  # before propagation: its subscriber would see those events
-    progress(f"[{total}/{total}] event propagation")
+        # Closed before the next stages: its subscriber would handle their events.
+        await cache.close()
+    progress(f"[{total - 1}/{total}] event propagation")
     events, warmup = (600, 100) if quick else (3000, 200)
     prop = await measure_propagation(url, events=events, warmup=warmup, writer_subscribed=False)
     results.extend(_propagation_results(prop))
+    progress(f"[{total}/{total}] {WRITERS_ROW.label}")
+    window, rounds = (1.0, 2) if quick else (2.5, 4)
+    writers = await measure_writers(url, writers=WRITERS, window=window, rounds=rounds)
+    throughput = [_writers_result(writers)]
     return {
         "mode": "quick" if quick else "full",
         "machine": machine,
         "duration_s": round(time.perf_counter() - t_start, 1),
         "results": [_as_json(r) for r in results],
+        "throughput": [_as_json(t) for t in throughput],
         "propagation": prop,
-        "passed": all(r.passed for r in results),
+        "writers": writers,
+        "passed": all(r.passed for r in results) and all(t.passed for t in throughput),
     }
 
 
@@ -276,7 +284,22 @@ def _propagation_results(prop: dict[str, Any]) -> list[Result]:
     return out
 
 
-def _as_json(r: Result) -> dict[str, Any]:
+def _writers_result(w: dict[str, Any]) -> Throughput:
+    row = WRITERS_ROW
+    problems = []
+    if w["failures"]["raw"]:
+        problems.append(f"{w['failures']['raw']} raw writes failed: {w['errors']['raw']}")
+    return Throughput(
+        key=row.key, label=row.label, baseline=row.base_label,
+        ours_per_s=w["writes_per_s"]["ours"], base_per_s=w["writes_per_s"]["raw"],
+        ratio=w["ratio"], goal=row.goal, min_ratio=row.min_ratio,
+        writes=w["writes"]["ours"], base_writes=w["writes"]["raw"],
+        failures=w["failures"]["ours"], errors=w["errors"]["ours"],
+        window_s=w["window_s"], rounds=w["rounds"], problem="; ".join(problems),
+    )
+
+
+def _as_json(r: Result | Throughput) -> dict[str, Any]:
     d = asdict(r)
     d["passed"] = r.passed
     return d
