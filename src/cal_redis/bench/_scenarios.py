@@ -308,7 +308,7 @@ def cache_scenarios(
             "L1 hit, sync LRU",
             {"ours": block_sync(l1.get), "dict": block_sync(plain.get)},
             [Row("l1_sync", "L1 hit: lru.get(k)", "ours", "dict",
-                 "dict.get on the same 10,000 str keys", 1.6, gate_py=7.0,
+                 "dict.get on the same 10,000 str keys", 1.75, gate_py=7.0,
                  seed=l1_seed, seed_text="~0.001 ms", stat="min")],
             rounds=L1_ROUNDS, per_round=1, warmup=20, prepare=fill_l1,
         ),
@@ -316,7 +316,7 @@ def cache_scenarios(
             "L1 hit, async API",
             {"ours": block_async(cache.get_user_by_id), "bare": block_async(bare)},
             [Row("l1_async", "L1 hit: await get_user_by_id", "ours", "bare",
-                 "await f(k) where f returns dict.get(k)", 1.5, goal=2.5, gate_py=4.5,
+                 "await f(k) where f returns dict.get(k)", 1.75, goal=2.5, gate_py=4.5,
                  seed=l1_seed, seed_text="~0.001 ms", stat="min")],
             rounds=L1_ROUNDS, per_round=1, warmup=20, prepare=fill_l1,
         ),
@@ -339,11 +339,11 @@ def cache_scenarios(
             rounds=(50, 300), per_round=50, warmup=1,
         ),
         Scenario(
-            "get_users_batch(100)", batch_sides(100), batch_rows(100, 1.2, 1.45, 0.2),
+            "get_users_batch(100)", batch_sides(100), batch_rows(100, 1.2, 1.55, 0.2),
             rounds=(480, 2400), per_round=1, side_every={"seq": 8},
         ),
         Scenario(
-            "get_users_batch(1000)", batch_sides(1000), batch_rows(1000, 1.2, 1.65, 0.2),
+            "get_users_batch(1000)", batch_sides(1000), batch_rows(1000, 1.05, 1.6, 0.2),
             rounds=(120, 600), per_round=1, side_every={"seq": 10},
         ),
     ]
