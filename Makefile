@@ -45,6 +45,7 @@ bench-quick:
 wheel:
 	@sh scripts/ensure-venv.sh $(VENV) dev
 	rm -rf dist wheelhouse
+	find build -path 'build/lib*' -name '*.py' -type f -delete 2>/dev/null || true
 	$(PY) -m build --wheel
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair -w wheelhouse dist/*.whl
 	$(VENV)/bin/auditwheel show wheelhouse/*.whl

@@ -26,7 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cal_redis import CallableCache, User
-from cal_redis._bench_scenarios import USER_HASH
+from cal_redis.bench._scenarios import USER_HASH
 
 L1_OPS = 1000
 L2_OPS = 100
@@ -78,7 +78,7 @@ def test_l2_hit(
     """``get_user_by_id`` with its L1 entry invalidated vs raw ``HGET`` + typed decode."""
     keys = user_ids[:L2_OPS]
     l1 = cache.local["users"]
-    client = stock if impl.startswith("stock") else cache.remote.client
+    client = stock if impl.startswith("stock") else cache.redis_connection()
     dec = msgspec.json.Decoder(User).decode
 
     async def ours() -> None:
@@ -104,7 +104,7 @@ def test_batch(
     """``get_users_batch`` of ``size`` ids, all from L2, vs raw ``HMGET`` + per-item decode."""
     ids = user_ids[:size]
     l1 = cache.local["users"]
-    client = stock if impl.startswith("stock") else cache.remote.client
+    client = stock if impl.startswith("stock") else cache.redis_connection()
     dec = msgspec.json.Decoder(User).decode
 
     async def ours() -> None:

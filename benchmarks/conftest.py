@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cal_redis import CallableCache
-from cal_redis._bench_scenarios import BENCH_CONFIG, N_USERS, seed_users, stock_client
+from cal_redis.bench._scenarios import BENCH_CONFIG, N_USERS, seed_users, stock_client
 from cal_redis.embedded import EmbeddedRedis
 
 
@@ -59,9 +59,9 @@ def cache(loop: asyncio.AbstractEventLoop, redis_server: EmbeddedRedis) -> Itera
 
 
 @pytest.fixture(scope="session")
-def stock(loop: asyncio.AbstractEventLoop, cache: CallableCache) -> Iterator[aioredis.Redis]:
+def stock(loop: asyncio.AbstractEventLoop, redis_server: EmbeddedRedis) -> Iterator[aioredis.Redis]:
     """A stock redis.asyncio client on the same server: the hand-written baseline."""
-    client = stock_client(cache)
+    client = stock_client(redis_server.url)
     yield client
     loop.run_until_complete(client.aclose())
 
@@ -69,5 +69,5 @@ def stock(loop: asyncio.AbstractEventLoop, cache: CallableCache) -> Iterator[aio
 @pytest.fixture(scope="session")
 def user_ids(loop: asyncio.AbstractEventLoop, cache: CallableCache) -> list[str]:
     """Ids of the 10,000 users written to ``cal:users`` for this session."""
-    loop.run_until_complete(cache.remote.client.flushdb())
+    loop.run_until_complete(cache.redis_connection().flushdb())
     return loop.run_until_complete(seed_users(cache, N_USERS))

@@ -36,5 +36,8 @@ if [ ! -x "$venv/bin/python" ]; then
     "$venv/bin/python" -m pip install -q --upgrade pip
 fi
 # A fresh, non-editable install each time: what runs is what a wheel would hold.
+# setuptools copies modules into build/lib* but never removes one that left src/, so a
+# moved or deleted module would still be installed; the copies are cheap to redo.
+find build -path 'build/lib*' -name '*.py' -type f -delete 2>/dev/null || true
 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps ".[${extras}]"
 "$venv/bin/python" -m pip install -q ".[${extras}]" ${pin:+"$pin"}

@@ -654,9 +654,11 @@ async def test_server_restart_degrades_then_resumes(
     assert b.local["users"].peek("u1") is None  # flushed at loss
     await asyncio.to_thread(private_server.start)  # same port, empty database
     await until(lambda: b.sync_state.state == "connected", 10, "reconnected")
+    barrier = Barrier(b)
     stop.set()
     await writer
     assert b.sync_state.reconnects >= 1 and b._ctx.gate.fill_ok
+    await retry(lambda: barrier(a))  # the last write's event has reached b
     check = redis.Redis.from_url(private_server.url)
     try:
         data = check.hget("cal:users", "u1")

@@ -9,9 +9,9 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from . import __version__, _bench
-from ._bench import fmt_time as _fmt
+from . import __version__
 from ._fast import EXTENSION_ACTIVE
+from ._fmt import fmt_time as _fmt
 from .cache import CallableCache
 from .embedded import EmbeddedRedis
 from .errors import CalRedisError
@@ -169,12 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--users", type=int, default=100, help="users to write (default 100)")
     p_doc = sub.add_parser("doctor", help="print versions, extension and server status")
     p_doc.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST, else embedded)")
-    p_bench = sub.add_parser(
-        "bench", help="latencies beside the raw client, gated on ratios (docs/benchmarks.md)"
+    # The bench's options belong to cal_redis.bench (`bench --help`), which is imported
+    # only when the subcommand runs; everything after "bench" is handed to it.
+    sub.add_parser(
+        "bench", add_help=False,
+        help="latencies beside the raw client, gated on ratios (docs/benchmarks.md)",
     )
-
-    _bench.add_arguments(p_bench)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "demo":
             asyncio.run(_run_demo(args.url, max(1, args.users)))
@@ -182,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             return asyncio.run(_doctor(args.url))
         if args.command == "bench":
-            return _bench.main(args)
+            from .bench import main as bench_main
+
+            return bench_main(rest)
     except CalRedisError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,8 +1,8 @@
-"""Event propagation: a write on instance A → the event applied to instance B's L1.
+"""Event propagation: ``set_user`` on instance A → the new value in instance B's L1.
 
-Moved here from ``benchmarks/bench_propagation.py`` (which imports it) so that
-``python -m cal_redis bench`` can run it from an installed wheel. Also available as
-``cal_redis._bench.measure_propagation``.
+It lives in the package so that ``python -m cal_redis bench`` can run it from an
+installed wheel; ``benchmarks/bench_propagation.py`` is its standalone front end. Also
+available as ``cal_redis.bench.measure_propagation``.
 
 Measured beside the raw client doing the same transport work in the same run:
 redis-py asyncio ``PUBLISH`` of a message of the same size → received by a redis-py
@@ -10,17 +10,22 @@ redis-py asyncio ``PUBLISH`` of a message of the same size → received by a red
 (ours, raw, ours, raw...), both sides in one process and one event loop, with the
 garbage collector paused during the run.
 
-Three figures for us:
+A and B are two :class:`~cal_redis.CallableCache` on the same server. B has sync on
+(as in production) and holds the user in its L1; an event handler on B stamps the
+time (handlers run right after the event reached L1). After each sample, untimed, B
+is asked for the user: it must come from B's L1 (a hit in ``stats()``) and carry the
+value just written, else the sample counts as ``not_in_l1``. Figures for us:
 
-* ``write → applied``: from just before ``await a.update_user(...)`` / ``set_user``
-  to B's subscriber having applied the event to L1 (timestamp taken by an event
-  handler, which runs right after the L1 update). Includes the write itself:
-  WATCH, HGET, MULTI/EXEC (3 round trips) — more work than a bare PUBLISH.
-* ``EXEC → applied``: from just before the MULTI/EXEC that carries the PUBLISH to B
-  having applied it. Comparable to the raw ``publish → receive``.
-* ``EXEC → applied, writer subscribed``: the same, with A's own subscriber running
-  in this process too (it handles A's echo in the same event loop, which in a real
-  deployment happens in A's process, not B's).
+* ``write → B's L1`` (series ``write:*``): from just before ``await a.set_user(...)``
+  to B's L1 holding the new value. Includes the whole write (today WATCH, HGET,
+  MULTI/EXEC: 3 round trips), so more work than a bare PUBLISH.
+* ``EXEC → B's L1`` (series ``exec:*``): from just before the request that carries
+  the PUBLISH (the last request of the write: today the MULTI/EXEC) to B's L1
+  holding the value. Comparable to the raw ``publish → receive``. The stamp wraps
+  A's client: its pipelines' ``execute`` and its ``execute_command`` (a script call).
+* ``*:quiet`` has A with sync off; ``*:subscribed`` (``writer_subscribed=True``)
+  has A's own subscriber running in this process too: it handles A's echo in the
+  same event loop, which in a real deployment happens in A's process, not B's.
 """
 
 from __future__ import annotations
@@ -30,17 +35,18 @@ import gc
 import math
 import statistics
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
-from . import codec
-from .cache import CallableCache
-from .config import CacheConfig
-from .embedded import EmbeddedRedis
-from .models import Event, User, now_ms
+from .. import codec
+from ..cache import CallableCache
+from ..config import CacheConfig
+from ..embedded import EmbeddedRedis
+from ..models import Event, User, now_ms
 
 __all__ = ("RAW_CHANNEL", "measure_propagation")
 
@@ -53,25 +59,25 @@ def _pct(samples: list[float], q: float) -> float:
 
 
 def _summary(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {"p50_us": math.nan, "p99_us": math.nan, "min_us": math.nan,
+                "max_us": math.nan, "n": 0}
     return {
         "p50_us": statistics.median(samples) * 1e6,
         "p99_us": _pct(samples, 0.99) * 1e6,
+        "min_us": min(samples) * 1e6,
         "max_us": max(samples) * 1e6,
         "n": len(samples),
     }
 
 
-def _stamp_exec(cache: CallableCache, stamps: list[float]) -> None:
-    """Record perf_counter() just before each write script (or MULTI/EXEC) of ``cache``."""
-    client = cache.remote.client
+def _stamp_requests(cache: CallableCache, stamps: list[float]) -> None:
+    """Append perf_counter() just before each request of ``cache``'s client that can
+    carry a write's PUBLISH: a pipeline's ``execute`` (MULTI/EXEC) or a direct command
+    (a script call). The last stamp of a write is the request that published."""
+    client = cache.redis_connection()
     make = client.pipeline
-    evalsha = client.evalsha
-
-    async def timed_evalsha(*a: Any, **k: Any) -> Any:
-        stamps.append(time.perf_counter())
-        return await evalsha(*a, **k)
-
-    client.evalsha = timed_evalsha  # type: ignore[method-assign]
+    command: Any = client.execute_command
 
     def pipeline(*args: Any, **kw: Any) -> Any:
         pipe: Any = make(*args, **kw)
@@ -84,7 +90,12 @@ def _stamp_exec(cache: CallableCache, stamps: list[float]) -> None:
         pipe.execute = timed
         return pipe
 
+    async def timed_command(*args: Any, **kw: Any) -> Any:
+        stamps.append(time.perf_counter())
+        return await command(*args, **kw)
+
     client.pipeline = pipeline  # type: ignore[method-assign]
+    client.execute_command = timed_command  # type: ignore[method-assign]
 
 
 async def _passthrough(response: Any) -> Any:
@@ -103,7 +114,8 @@ async def measure_propagation(
     """Measure propagation against the raw baseline; see the module docstring.
 
     ``url``: a Redis to use (default: a private embedded server). Returns a dict of
-    p50/p99/max in µs per series and the ratios to the raw baseline.
+    p50/p99/min/max in µs per series, the ratios to the raw baseline, and
+    ``not_in_l1``: samples after which B's L1 did not hold the value written.
     """
     if url is None:
         async with EmbeddedRedis() as server:
@@ -124,12 +136,15 @@ async def measure_propagation(
     pubsub = sub_client.pubsub(push_handler_func=_passthrough)
     pending: asyncio.Future[float] | None = None
     raw_task: asyncio.Task[None] | None = None
+    not_in_l1 = {name: 0 for name in writers}
+    no_stamp = {name: 0 for name in writers}
     try:
         uid = "bench-propagation-u1"
         user = User(id=uid, account_id="acc-000042", email="agent@acme-telecom.example",
                     username="agent1", name="Agent Number 1", extension="1001", role="agent",
                     created_at=1764000000000, updated_at=1764000000000)
         await writers["quiet"].set_user(user)
+        assert await b.get_user_by_id(uid) == user  # B holds it in L1 from now on
 
         def on_event(event: Event) -> None:
             if event.id == uid and pending is not None and not pending.done():
@@ -151,27 +166,32 @@ async def measure_propagation(
 
         stamps: dict[str, list[float]] = {name: [] for name in writers}
         for name, w in writers.items():
-            _stamp_exec(w, stamps[name])
+            _stamp_requests(w, stamps[name])
 
         series: dict[str, list[float]] = {"raw": []}
         for name in writers:
             series[f"write:{name}"] = []
             series[f"exec:{name}"] = []
 
-        async def ours(name: str, i: int) -> tuple[float, float]:
+        async def in_b_l1(expected: User) -> bool:
+            """B answers ``expected`` from its L1 (untimed check after a sample)."""
+            before = b.stats()["l1"]["users"]
+            got = await b.get_user_by_id(uid)
+            after = b.stats()["l1"]["users"]
+            return got == expected and after["hits"] == before["hits"] + 1
+
+        async def ours(name: str, i: int) -> tuple[float, float | None, bool]:
             nonlocal pending
             w = writers[name]
+            value = msgspec.structs.replace(user, name=f"Agent {i:08d}")
             pending = loop.create_future()
+            n_stamps = len(stamps[name])
             t0 = time.perf_counter()
-            if i % 2:
-                await w.update_user(uid, name=f"Agent {i:08d}")
-            else:
-                await w.set_user(User(id=uid, account_id="acc-000042",
-                                      email="agent@acme-telecom.example", username="agent1",
-                                      name=f"Agent {i:08d}", extension="1001", role="agent",
-                                      created_at=1764000000000, updated_at=1764000000000))
+            await w.set_user(value)
             t_applied = await asyncio.wait_for(pending, 5)
-            return t_applied - t0, t_applied - stamps[name][-1]
+            t_request = stamps[name][-1] if len(stamps[name]) > n_stamps else None
+            exec_ = None if t_request is None else t_applied - t_request
+            return t_applied - t0, exec_, await in_b_l1(value)
 
         async def raw(message: bytes) -> float:
             nonlocal pending
@@ -182,16 +202,22 @@ async def measure_propagation(
 
         # The raw message has the size of one of our events.
         event_bytes = len(codec.encode(Event(
-            type="UserUpdate", id=uid, account_id="acc-000042", origin=b.instance_id,
+            type="UserUpdate", id=uid, account_id="acc-000042", origin=uuid.uuid4().hex,
             ts=now_ms(), data=msgspec.Raw(codec.encode(user)),
         )))
         message = b"x" * event_bytes
 
         def add_ours(name: str) -> Callable[[int], Awaitable[None]]:
             async def run(i: int) -> None:
-                total, exec_ = await ours(name, i)
-                if i >= 0:
-                    series[f"write:{name}"].append(total)
+                total, exec_, held = await ours(name, i)
+                if i < 0:
+                    return
+                if not held:
+                    not_in_l1[name] += 1
+                series[f"write:{name}"].append(total)
+                if exec_ is None:
+                    no_stamp[name] += 1
+                else:
                     series[f"exec:{name}"].append(exec_)
             return run
 
@@ -228,6 +254,8 @@ async def measure_propagation(
         "protocol": protocol,
         "message_bytes": event_bytes,
         "series": {k: _summary(v) for k, v in series.items()},
+        "not_in_l1": not_in_l1,
+        "no_request_stamp": no_stamp,
     }
     raw_s = result["series"]["raw"]
     result["ratios"] = {

@@ -1,0 +1,81 @@
+"""``python -m cal_redis bench``: our latencies beside the raw client, same run, same data.
+
+Every scenario runs our operation and a baseline doing the same work with the raw
+client (or a plain ``dict``), interleaved round by round, after a warm-up. The table
+gives our median and p99, the baseline's median, the ratio (ours / baseline), the
+issue's goal and SPEC's seed figure where one applies, and the CI gate on the ratio.
+Absolute times drift between runs on shared machines; ratios measured in one run do
+not, so only ratios are gated. See docs/benchmarks.md.
+
+This package is imported only by the ``bench`` subcommand (and the pytest-benchmark
+suites in ``benchmarks/``): ``import cal_redis`` and the other subcommands never load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from ._propagation import measure_propagation
+from ._report import format_table, write_chart
+from ._runner import Result, Stats, interleave, run_bench
+
+__all__ = (
+    "Result",
+    "Stats",
+    "add_arguments",
+    "format_table",
+    "interleave",
+    "main",
+    "measure_propagation",
+    "run_bench",
+    "write_chart",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``bench`` subcommand's options."""
+    p.add_argument("--url", help="benchmark this Redis; its database is FLUSHDB'd first, so "
+                   "never point it at shared data (default: start an embedded one)")
+    p.add_argument("--quick", action="store_true", help="short run for CI (about 20 s)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--chart", metavar="FILE", help="also write a PNG chart (needs matplotlib)")
+
+
+def _progress(msg: str) -> None:
+    print(f"bench: {msg} ...", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cal_redis bench [options]``: run the benchmark; 0 when every gate
+    holds, else 1. ``argv``: the options after ``bench`` (default: ``sys.argv[2:]``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m cal_redis bench",
+        description="Latencies beside the raw client in the same run, gated on ratios "
+        "(docs/benchmarks.md).",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[2:] if argv is None else argv)
+    server = None
+    url: str | None = args.url
+    if not url:
+        from ..embedded import EmbeddedRedis
+
+        _progress("starting a private redis-server")
+        server = EmbeddedRedis().start()
+        url = server.url
+    try:
+        report = asyncio.run(run_bench(url, quick=args.quick, progress=_progress))
+    finally:
+        if server is not None:
+            server.stop()
+    print(format_table(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    if args.chart:
+        write_chart(report, args.chart)
+    return 0 if report["passed"] else 1
