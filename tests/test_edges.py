@@ -255,3 +255,33 @@ async def test_a_read_begun_degraded_never_fills_after_resubscribing(
     monkeypatch.undo()
     assert await cache.get_user_by_id("u1") is not None
     assert cache.local["users"].peek("u1") is not None  # the next read fills again
+
+
+async def test_a_send_that_can_block_stays_bounded_in_time() -> None:
+    """Small sends skip redis-py's per-send wait_for (they cannot block); a send larger
+    than the write buffer's high-water mark to a server that stopped reading keeps it."""
+    import os
+    import signal
+
+    from cal_redis.embedded import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        cache = await CallableCache.connect(
+            server.url, config=CacheConfig(socket_timeout=0.3, sync=False, read_retries=0)
+        )
+        try:
+            await cache.set_user(User(id="u1", name="small"))  # the pooled connection exists
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGSTOP)  # the server stops reading
+            try:
+                loop = asyncio.get_running_loop()
+                t0 = loop.time()
+                with pytest.raises(ConnectionError):  # cal_redis.TimeoutError
+                    await asyncio.wait_for(
+                        cache.set_user(User(id="u1", name="x" * (8 << 20))), 10
+                    )
+                assert loop.time() - t0 < 5
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+        finally:
+            await cache.close()

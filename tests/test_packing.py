@@ -12,6 +12,7 @@ from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocket
 
 from cal_redis import CallableCache
 from cal_redis.remote import hiredis_packing
+from cal_redis.remote._sends import unblocked_sends
 
 FAST = hiredis_packing(Connection)
 
@@ -66,7 +67,8 @@ def test_one_subclass_per_connection_class() -> None:
 
 async def test_the_cache_pool_packs_with_hiredis(cache: CallableCache) -> None:
     pool = cache.remote.client.connection_pool
-    assert pool.connection_class is hiredis_packing(Connection)
+    assert issubclass(pool.connection_class, hiredis_packing(Connection))
+    assert pool.connection_class is unblocked_sends(hiredis_packing(Connection))
     await cache.remote.ping()
     conn = await pool.get_connection()
     try:

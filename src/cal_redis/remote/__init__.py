@@ -32,6 +32,7 @@ from .. import errors
 from .._server_info import describe_server
 from ..config import CacheConfig, redact_url
 from ._packing import hiredis_available, hiredis_packing
+from ._sends import unblocked_sends
 
 __all__ = (
     "HMGET_CHUNK",
@@ -197,7 +198,8 @@ class Remote:
             )
         except ValueError as err:
             raise errors.ConfigurationError(f"invalid Redis URL {self.safe_url!r}: {err}") from err
-        pool.connection_class = hiredis_packing(pool.connection_class)  # before any connection
+        # before any connection: hiredis packing, no wait_for on sends that cannot block
+        pool.connection_class = unblocked_sends(hiredis_packing(pool.connection_class))
         self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self.client.auto_close_connection_pool = True  # as from_url does: aclose() closes it
         #: The client, untyped: replies are bytes (``decode_responses=False``), which
