@@ -25,7 +25,8 @@ from cal_redis.bench._runner import _machine
 
 async def test_short_run_counts_calls_commands_and_hits(redis_url: str) -> None:
     conc = await measure_concurrency(redis_url, concurrency=(1, 8), no_coalesce_at=(1, 8),
-                                     users=5000, hot=500, window=0.05, rounds=2, warmup=0.02)
+                                     users=5000, hot=500, window=0.05, rounds=2, warmup=0.02,
+                                     pair=0.05)
     assert set(conc["by_c"]) == {"1", "8"}
     assert conc["windows"]["1"] == {"rounds": 8, "window_s": 0.0125}  # C=1: split windows
     assert conc["windows"]["8"] == {"rounds": 2, "window_s": 0.05}
@@ -37,6 +38,8 @@ async def test_short_run_counts_calls_commands_and_hits(redis_url: str) -> None:
             assert len(f["windows"]) == conc["windows"][c]["rounds"]
             assert f["calls"] == sum(round(w["calls_per_s"] * w["elapsed_s"])
                                      for w in f["windows"])
+        assert sides["raw"]["single_flight_joins"] == 0  # no single-flight there
+        assert all(f["single_flight_joins"] >= 0 for f in sides.values())
         # One read in MISS_EVERY is of an id L1 does not hold; L1 holds all the others.
         assert 0.98 <= sides["ours_99"]["l1_hit_ratio"] < 1.0
     one, eight = conc["by_c"]["1"], conc["by_c"]["8"]
@@ -46,8 +49,13 @@ async def test_short_run_counts_calls_commands_and_hits(redis_url: str) -> None:
     # Eight callers: coalesced into fewer HMGETs; without coalescing, one HGET each.
     assert eight["ours_0"]["calls_per_command"] > 1.5
     assert 0.9 <= eight["nc_0"]["calls_per_command"] <= 1.1
+    lone = conc["lone_pair"]  # the lone caller, coalescing on and off in alternating blocks
+    assert lone["errors"] == {"ours_0": 0, "nc_0": 0} and lone["blocks"] >= 1
+    assert lone["calls"]["ours_0"] == lone["calls"]["nc_0"] == lone["blocks"] * lone["block"]
+    assert lone["ratio_p50"] == lone["p50_s"]["ours_0"] / lone["p50_s"]["nc_0"]
     checks = {c.key: c for c in concurrency_checks(conc)}
     assert checks["conc_errors"].value == 0 and checks["conc_errors"].passed
+    assert checks["conc_c1_lone"].value == lone["ratio_p50"]
     assert "conc_c1_lone" in checks and "conc_c100_tput" not in checks  # C=100 not run
 
 

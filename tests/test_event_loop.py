@@ -4,6 +4,9 @@ so the uvloop CI section really exercises uvloop."""
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import re
+from typing import Any
 
 import pytest
 
@@ -25,3 +28,26 @@ async def test_a_cache_on_the_selected_loop(cache: CallableCache,
     selected = request.config.getoption("event_loop")
     assert _is_uvloop(asyncio.get_running_loop()) == (selected == "uvloop")
     assert await cache.get_user_by_id("nobody") is None
+
+
+def test_readme_example_runs_on_uvloop(redis_url: str) -> None:
+    """The README's usage example, started as its uvloop paragraph says (uvloop.run in
+    place of asyncio.run), with nothing else changed."""
+    uvloop = pytest.importorskip("uvloop")
+    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
+    example = next(b for b in blocks if "CallableCache.connect" in b)
+    paragraph = next(b for b in blocks if "uvloop.run(main())" in b)
+    assert "asyncio.run(main())" in example
+    code = example.replace('"redis://localhost:6379"', repr(redis_url))
+    code = code.replace("asyncio.run(main())", "seen.append(uvloop.run(probe(main)))")
+    seen: list[bool] = []
+
+    async def probe(main: Any) -> bool:
+        await main()
+        return _is_uvloop(asyncio.get_running_loop())
+
+    namespace: dict[str, object] = {"__name__": "readme_example", "uvloop": uvloop,
+                                    "probe": probe, "seen": seen}
+    exec(compile(code, str(readme), "exec"), namespace)
+    assert seen == [True] and "import uvloop" in paragraph

@@ -18,6 +18,10 @@ interleaved (A B C D, D C B A, ...), after an untimed warm-up window each:
   do), each doing ``HGET cal:users <id>`` + a msgspec typed decode. It has no cache,
   so it is the baseline of both hit ratios.
 
+At C = 1 the lone caller's cost with coalescing on and off is also compared in
+alternating blocks of :data:`PAIR_BLOCK` calls (``lone_pair``): the few per cent that
+matter there are below the drift between windows.
+
 Ids are drawn at random from :data:`N_CONC_USERS` users. Every pool has its
 connections open before the first window (C for the raw client, the 64 of each
 cache). A coroutine loops until the window ends, timing each call; the window's length
@@ -56,6 +60,7 @@ __all__ = (
     "MISS_EVERY",
     "NO_COALESCE_AT",
     "N_CONC_USERS",
+    "PAIR_BLOCK",
     "Check",
     "CheckSpec",
     "concurrency_checks",
@@ -160,11 +165,64 @@ def _cursor(seq: Sequence[str]) -> Callable[[], str]:
     return nxt
 
 
+#: The lone-caller comparison (coalescing on against off): calls per block, and the
+#: segments its spread is given over.
+PAIR_BLOCK = 25
+PAIR_SEGMENTS = 8
+
+
+async def _lone_pair(ops: dict[str, Op], nxt: Callable[[], str], seconds: float,
+                     block: int = PAIR_BLOCK, segments: int = PAIR_SEGMENTS) -> dict[str, Any]:
+    """One caller alternating blocks of ``block`` calls of each op (A B, B A, ...) for
+    ``seconds``: both sides see the same moment of the machine, which windows of a
+    tenth of a second apart do not (a lone call's cost moves with the load by more than
+    the few per cent compared here)."""
+    names = list(ops)
+    blocks: dict[str, list[list[float]]] = {n: [] for n in names}
+    errors: dict[str, collections.Counter[str]] = {n: collections.Counter() for n in names}
+    pc = time.perf_counter
+    gc.collect()
+    deadline = pc() + seconds
+    r = 0
+    while pc() < deadline:
+        for name in names if r % 2 == 0 else reversed(names):
+            op, xs = ops[name], []
+            for _ in range(block):
+                k = nxt()
+                t0 = pc()
+                try:
+                    await op(k)
+                except Exception as err:
+                    errors[name][re.sub(r"'[^']*'", "'…'", f"{type(err).__name__}: {err}")] += 1
+                    continue
+                xs.append(pc() - t0)
+            blocks[name].append(xs)
+        r += 1
+
+    def median(bs: Sequence[list[float]]) -> float:
+        xs = [x for b in bs for x in b]
+        return statistics.median(xs) if xs else float("nan")
+
+    a, b = names
+    step = max(1, r // segments)
+    per_segment = [median(blocks[a][i : i + step]) / median(blocks[b][i : i + step])
+                   for i in range(0, r - step + 1, step)]
+    return {
+        "block": block, "blocks": r,
+        "p50_s": {n: median(blocks[n]) for n in names},
+        "calls": {n: sum(len(x) for x in blocks[n]) for n in names},
+        "errors": {n: sum(errors[n].values()) for n in names},
+        "error_kinds": {n: dict(errors[n].most_common(5)) for n in names},
+        "ratio_p50": median(blocks[a]) / median(blocks[b]),
+        "per_segment": per_segment,
+    }
+
+
 async def measure_concurrency(
     url: str, *, concurrency: Sequence[int] = CONCURRENCY,
     no_coalesce_at: Sequence[int] = NO_COALESCE_AT, users: int = N_CONC_USERS,
     hot: int = HOT, window: float = 1.0, rounds: int = 2, warmup: float = 0.2,
-    progress: Callable[[str], None] | None = None,
+    pair: float = 1.0, progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the sides of the module docstring at every C; return the figures per C and
     side: calls/s over all windows, the median of the windows' p50 and p99, and each
@@ -235,6 +293,7 @@ async def measure_concurrency(
                 errors: dict[str, collections.Counter[str]] = {
                     s: collections.Counter() for s in names}
                 hits = misses = 0
+                joins = dict.fromkeys(names, 0)
                 for name in names:  # warm-up, untimed; its errors count all the same
                     if name == "ours_99":
                         await reset_l1()
@@ -250,7 +309,10 @@ async def measure_concurrency(
                             await reset_l1()
                             nxt = mixed()
                             s0 = l1.stats()
+                        j0 = caches[name].stats()["single_flight_joins"] if name in caches else 0
                         w = await _window(ops[name], nxt, c, length, admin)
+                        if name in caches:
+                            joins[name] += caches[name].stats()["single_flight_joins"] - j0
                         if name == "ours_99":
                             s1 = l1.stats()
                             hits += s1["hits"] - s0["hits"]
@@ -260,8 +322,16 @@ async def measure_concurrency(
                 out["by_c"][str(c)] = {
                     name: _side_figures(windows[name], errors[name]) for name in names}
                 out["windows"][str(c)] = {"rounds": n_rounds, "window_s": length}
+                for name in names:
+                    # Calls that waited for another caller's read of the same id.
+                    out["by_c"][str(c)][name]["single_flight_joins"] = joins[name]
                 out["by_c"][str(c)]["ours_99"]["l1_hit_ratio"] = (
                     hits / (hits + misses) if hits + misses else float("nan"))
+                if c == 1 and "nc_0" in ops and pair > 0:
+                    if progress is not None:
+                        progress("concurrency C = 1: ours_0 and nc_0 in alternating blocks")
+                    out["lone_pair"] = await _lone_pair(
+                        {"ours_0": ops["ours_0"], "nc_0": ops["nc_0"]}, uniform_next, pair)
             finally:
                 await raw_client.aclose()
     finally:
@@ -295,7 +365,7 @@ def _side_figures(ws: list[_Window], errors: collections.Counter[str]) -> dict[s
 
 # -- checks ---------------------------------------------------------------------------------
 
-Metric = Literal["tput", "p99", "p50", "errors"]
+Metric = Literal["tput", "p99", "p50", "pair_p50", "errors"]
 
 
 @dataclass(frozen=True)
@@ -304,8 +374,9 @@ class CheckSpec:
 
     ``metric``: ``"tput"`` = calls/s of ``side`` / calls/s of ``base`` (higher is
     better: fails below ``gate``); ``"p99"`` / ``"p50"`` = that latency of ``side`` /
-    ``base`` (lower is better: fails above ``gate``); ``"errors"`` = calls of ours that
-    raised, at every C (fails above ``gate``, 0).
+    ``base`` (lower is better: fails above ``gate``); ``"pair_p50"`` = the same p50
+    ratio from the lone caller's alternating blocks (``lone_pair``); ``"errors"`` =
+    calls of ours that raised, at every C (fails above ``gate``, 0).
     """
 
     key: str
@@ -359,28 +430,31 @@ class Check:
         return self.value <= self.gate
 
 
-#: What is reported and gated. Gates from ten loaded quick runs (docs/benchmarks.md):
-#: lower-is-better: the largest ratio seen x 1.2, rounded up to 0.05; higher-is-better:
-#: the smallest / 1.2, rounded down to 0.05.
+#: What is reported and gated. Gates from ten quick runs with a CPU hog on one core
+#: (docs/benchmarks.md): lower-is-better, the largest ratio seen x 1.2 rounded up to
+#: 0.05; higher-is-better, the smallest / 1.2 rounded down to 0.05. Goals are the
+#: issue's, where it names one; the gates sit below the throughput goals (the smallest
+#: ratio at C=1000 was 4.60x). The C=1000 p99 gate also counts full runs (1 s windows):
+#: longer windows catch more of the cyclic GC's full collections, which set that p99.
 CONCURRENCY_CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("conc_errors", "calls of ours that raised, any C, any side", "errors",
               None, "ours", "", goal=0, gate=0),
-    CheckSpec("conc_c1_lone", "C=1, L1 off: p50 coalescing on / off", "p50", 1, "ours_0",
-              "nc_0", goal=1.05, gate=1.25),
+    CheckSpec("conc_c1_lone", "C=1, L1 off: p50 coalescing on / off", "pair_p50", 1,
+              "ours_0", "nc_0", goal=1.05, gate=1.25),
     CheckSpec("conc_c1_tput", "C=1, L1 off: ours / raw calls/s", "tput", 1, "ours_0", "raw",
-              goal=None, gate=0.8),
+              goal=None, gate=0.85),
     CheckSpec("conc_c10_tput", "C=10, L1 off: ours / raw calls/s", "tput", 10, "ours_0",
-              "raw", goal=None, gate=1.5),
+              "raw", goal=None, gate=1.95),
     CheckSpec("conc_c100_tput", "C=100, L1 off: ours / raw calls/s", "tput", 100, "ours_0",
-              "raw", goal=5.0, gate=4.0),
+              "raw", goal=5.0, gate=4.45),
     CheckSpec("conc_c100_p99", "C=100, L1 off: ours / raw p99", "p99", 100, "ours_0", "raw",
-              goal=1.0, gate=0.5),
+              goal=1.0, gate=0.35),
     CheckSpec("conc_c1000_tput", "C=1000, L1 off: ours / raw calls/s", "tput", 1000,
-              "ours_0", "raw", goal=5.0, gate=4.0),
+              "ours_0", "raw", goal=5.0, gate=3.8),
     CheckSpec("conc_c1000_p99", "C=1000, L1 off: ours / raw p99", "p99", 1000, "ours_0",
-              "raw", goal=1.0, gate=0.5),
+              "raw", goal=1.0, gate=0.7),
     CheckSpec("conc_c100_nc_tput", "C=100, L1 off: coalescing on / off calls/s", "tput", 100,
-              "ours_0", "nc_0", goal=None, gate=3.0),
+              "ours_0", "nc_0", goal=None, gate=4.75),
 )
 
 
@@ -397,7 +471,14 @@ def concurrency_checks(conc: dict[str, Any],
         if spec.metric == "errors":
             n = sum(int(f["errors"]) for sides in conc["by_c"].values()
                     for name, f in sides.items() if name != "raw")
+            n += sum(conc.get("lone_pair", {}).get("errors", {}).values())
             out.append(Check(spec.key, spec.label, "errors", float(n), spec.goal, spec.gate, []))
+            continue
+        if spec.metric == "pair_p50":
+            lone = conc.get("lone_pair")
+            if lone is not None:
+                out.append(Check(spec.key, spec.label, "pair_p50", float(lone["ratio_p50"]),
+                                 spec.goal, spec.gate, list(lone["per_segment"])))
             continue
         sides = conc["by_c"].get(str(spec.c))
         if sides is None or spec.side not in sides or spec.base not in sides:

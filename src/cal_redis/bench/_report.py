@@ -88,6 +88,12 @@ def format_concurrency(report: dict[str, Any]) -> list[str]:
              f"{conc['rounds']} windows of {conc['window_s']:g} s per side and C"
              + (f" ({split})" if split else "") + ", interleaved",
              *_grid(rows)]
+    lone = conc.get("lone_pair")
+    if lone:
+        lines.append(
+            f"   1  lone caller, L1 off, alternating blocks of {lone['block']} calls "
+            f"({lone['blocks']} per side): p50 {fmt_time(lone['p50_s']['ours_0'])} "
+            f"coalescing on, {fmt_time(lone['p50_s']['nc_0'])} off")
     checks = report.get("concurrency_checks", [])
     if checks:
         c_rows = [("check", "value", "(per round)", "goal", "", "gate", "")]
@@ -193,6 +199,9 @@ def format_table(report: dict[str, Any]) -> str:
                 for side, fig in sides.items():
                     if side != "raw":
                         counts.update(fig["error_kinds"])
+            for kinds_of_side in report["concurrency"].get("lone_pair", {}).get(
+                    "error_kinds", {}).values():
+                counts.update(kinds_of_side)
             lines.append(f"  FAIL {ch['label']}: {int(ch['value'])} calls raised ({dict(counts)})")
         else:
             lines.append(f"  FAIL {ch['label']}: {_ratio(ch['value'])}, gate "

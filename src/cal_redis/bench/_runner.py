@@ -241,9 +241,9 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
     writers = await measure_writers(url, writers=WRITERS, window=window, rounds=rounds)
     throughput = [_writers_result(writers)]
     progress(f"[{total}/{total}] concurrency: get_user_by_id from C coroutines")
-    window, rounds, conc_warmup = (0.4, 2, 0.1) if quick else (1.0, 4, 0.25)
+    window, rounds, conc_warmup, pair = (0.4, 2, 0.1, 1.0) if quick else (1.0, 4, 0.25, 4.0)
     conc = await measure_concurrency(url, window=window, rounds=rounds, warmup=conc_warmup,
-                                     progress=progress)
+                                     pair=pair, progress=progress)
     checks = concurrency_checks(conc)
     return {
         "mode": "quick" if quick else "full",
