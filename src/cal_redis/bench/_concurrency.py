@@ -430,31 +430,30 @@ class Check:
         return self.value <= self.gate
 
 
-#: What is reported and gated. Gates from ten quick runs with a CPU hog on one core
-#: (docs/benchmarks.md): lower-is-better, the largest ratio seen x 1.2 rounded up to
-#: 0.05; higher-is-better, the smallest / 1.2 rounded down to 0.05. Goals are the
-#: issue's, where it names one; the gates sit below the throughput goals (the smallest
-#: ratio at C=1000 was 4.60x). The C=1000 p99 gate also counts full runs (1 s windows):
-#: longer windows catch more of the cyclic GC's full collections, which set that p99.
+#: What is reported and gated. Gates from 20 quick runs with a CPU hog on one core and
+#: 3 full runs (docs/benchmarks.md): lower-is-better, the largest ratio seen x 1.2
+#: rounded up to 0.05; higher-is-better, the smallest / 1.2 rounded down to 0.05. Goals
+#: are the issue's, where it names one. The throughput gates sit below those goals: at
+#: C=1000 the ratio went down to 4.25x on the loaded machine (goal 5x).
 CONCURRENCY_CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("conc_errors", "calls of ours that raised, any C, any side", "errors",
               None, "ours", "", goal=0, gate=0),
     CheckSpec("conc_c1_lone", "C=1, L1 off: p50 coalescing on / off", "pair_p50", 1,
               "ours_0", "nc_0", goal=1.05, gate=1.25),
     CheckSpec("conc_c1_tput", "C=1, L1 off: ours / raw calls/s", "tput", 1, "ours_0", "raw",
-              goal=None, gate=0.85),
+              goal=None, gate=0.8),
     CheckSpec("conc_c10_tput", "C=10, L1 off: ours / raw calls/s", "tput", 10, "ours_0",
-              "raw", goal=None, gate=1.95),
+              "raw", goal=None, gate=1.85),
     CheckSpec("conc_c100_tput", "C=100, L1 off: ours / raw calls/s", "tput", 100, "ours_0",
-              "raw", goal=5.0, gate=4.45),
+              "raw", goal=5.0, gate=4.2),
     CheckSpec("conc_c100_p99", "C=100, L1 off: ours / raw p99", "p99", 100, "ours_0", "raw",
-              goal=1.0, gate=0.35),
+              goal=1.0, gate=0.4),
     CheckSpec("conc_c1000_tput", "C=1000, L1 off: ours / raw calls/s", "tput", 1000,
-              "ours_0", "raw", goal=5.0, gate=3.8),
+              "ours_0", "raw", goal=5.0, gate=3.5),
     CheckSpec("conc_c1000_p99", "C=1000, L1 off: ours / raw p99", "p99", 1000, "ours_0",
               "raw", goal=1.0, gate=0.7),
     CheckSpec("conc_c100_nc_tput", "C=100, L1 off: coalescing on / off calls/s", "tput", 100,
-              "ours_0", "nc_0", goal=None, gate=4.75),
+              "ours_0", "nc_0", goal=None, gate=4.1),
 )
 
 
