@@ -13,6 +13,10 @@ Otherwise a compiled module that does not import fails those tests: an install t
 silently fell back to pure Python must not pass. (The install checks of test_lru.py and
 the state machine of test_lru_stateful.py follow ``NO_EXTENSIONS`` alone, for the same
 reason.)
+
+``--event-loop=uvloop`` (or ``CAL_REDIS_TEST_LOOP=uvloop``) runs every async test and
+fixture on uvloop's event loop, through pytest-asyncio's ``pytest_asyncio_loop_factories``
+hook (pytest-asyncio 1.4+; install the ``uvloop`` extra).
 """
 
 from __future__ import annotations
@@ -46,6 +50,13 @@ L1_PARAMS = (pytest.param("c", marks=C_EXT_MARK, id="c"), pytest.param("py", id=
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default=os.environ.get("CAL_REDIS_TEST_LOOP") or "asyncio",
+        dest="event_loop",
+        help="the event loop of async tests (default: $CAL_REDIS_TEST_LOOP, else asyncio)",
+    )
+    parser.addoption(
         "--c-extensions",  # --no-c-extensions
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -54,7 +65,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+class _UvloopFactory:
+    """Registered under ``--event-loop=uvloop``: pytest-asyncio makes every test's loop
+    with ``uvloop.new_event_loop`` (one factory, so test names are unchanged)."""
+
+    @staticmethod
+    def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if config.option.event_loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise pytest.UsageError(
+                "--event-loop=uvloop: uvloop is not installed (pip install '.[test,uvloop]')"
+            ) from None
+        if not hasattr(config.pluginmanager.hook, "pytest_asyncio_loop_factories"):
+            raise pytest.UsageError(
+                "--event-loop=uvloop needs pytest-asyncio 1.4 or newer "
+                "(its pytest_asyncio_loop_factories hook)"
+            )
+        config.pluginmanager.register(_UvloopFactory(), "cal-redis-uvloop")
     if config.option.c_extensions is None:
         config.option.c_extensions = not _fast.NO_EXTENSIONS
     declared = {line.split(":", 1)[0].strip() for line in config.getini("markers")}

@@ -17,19 +17,25 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
+from ._concurrency import concurrency_checks, measure_concurrency
 from ._propagation import measure_propagation
 from ._report import format_table, write_chart
 from ._runner import Result, Stats, interleave, run_bench
+
+T = TypeVar("T")
 
 __all__ = (
     "Result",
     "Stats",
     "add_arguments",
+    "concurrency_checks",
     "format_table",
     "interleave",
     "main",
+    "measure_concurrency",
     "measure_propagation",
     "run_bench",
     "write_chart",
@@ -40,13 +46,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``bench`` subcommand's options."""
     p.add_argument("--url", help="benchmark this Redis; its database is FLUSHDB'd first, so "
                    "never point it at shared data (default: start an embedded one)")
-    p.add_argument("--quick", action="store_true", help="short run for CI (about 20 s)")
+    p.add_argument("--quick", action="store_true", help="short run for CI (about 40 s)")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="the event loop to run on (uvloop: pip install 'cal-redis[uvloop]')")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--chart", metavar="FILE", help="also write a PNG chart (needs matplotlib)")
 
 
 def _progress(msg: str) -> None:
     print(f"bench: {msg} ...", file=sys.stderr, flush=True)
+
+
+def _run(coro: Coroutine[Any, Any, T], loop: str) -> T:
+    """Run ``coro`` on a new event loop of kind ``loop`` ("asyncio" or "uvloop")."""
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            coro.close()
+            raise SystemExit("bench --loop uvloop: uvloop is not installed "
+                             "(pip install 'cal-redis[uvloop]')") from None
+        return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = EmbeddedRedis().start()
         url = server.url
     try:
-        report = asyncio.run(run_bench(url, quick=args.quick, progress=_progress))
+        report = _run(run_bench(url, quick=args.quick, progress=_progress), args.loop)
     finally:
         if server is not None:
             server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,86 @@ def _grid(rows: Sequence[tuple[str, ...]]) -> list[str]:
 
 def _rate(per_s: float) -> str:
     return f"{per_s:,.0f} /s"
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.2f}x" if x < 10 else f"{x:.1f}x"
+
+
+def _check_bound(metric: str, bound: float | None, strict: bool = False) -> str:
+    if bound is None:
+        return "-"
+    if metric == "errors":
+        return f"== {bound:g}"
+    if metric == "tput":
+        return f">={bound:.2f}x"
+    return f"<{bound:.2f}x" if strict else f"<={bound:.2f}x"
+
+
+def _time_range(lo: float, hi: float) -> str:
+    """``lo``-``hi`` as durations, the unit written once when both share it."""
+    a, b = fmt_time(lo), fmt_time(hi)
+    if a.split()[-1] == b.split()[-1]:
+        return f"{a.split()[0]}-{b}"
+    return f"{a}-{b}"
+
+
+def format_concurrency(report: dict[str, Any]) -> list[str]:
+    """The concurrency stage: one line per C and side, then its checks."""
+    conc = report.get("concurrency")
+    if not conc:
+        return []
+    rows = [("   C  side", "calls/s (min-max)", "p50 (min-max)", "p99 (min-max)", "errors",
+             "Redis cmd/s", "calls/cmd", "vs raw")]
+    for c, sides in conc["by_c"].items():
+        raw = sides.get("raw")
+        for name, f in sides.items():
+            ws = f["windows"]
+            label = conc["sides"][name].replace("of C", f"of {c}")
+            if name == "ours_99" and f.get("l1_hit_ratio") == f.get("l1_hit_ratio"):
+                label += f", {100 * f['l1_hit_ratio']:.1f} % measured"
+            tput = [w["calls_per_s"] for w in ws]
+            p50 = [w["p50_s"] for w in ws]
+            p99 = [w["p99_s"] for w in ws]
+            vs = "" if raw is None or name == "raw" else _ratio(f["calls_per_s"] / raw["calls_per_s"])
+            rows.append((
+                f"{c:>4}  {label}",
+                f"{f['calls_per_s']:,.0f} ({min(tput):,.0f}-{max(tput):,.0f})",
+                f"{fmt_time(f['p50_s'])} ({_time_range(min(p50), max(p50))})",
+                f"{fmt_time(f['p99_s'])} ({_time_range(min(p99), max(p99))})",
+                str(f["errors"]), f"{f['commands_per_s']:,.0f}",
+                f"{f['calls_per_command']:,.1f}", vs,
+            ))
+    shape = conc.get("windows", {})
+    split = ", ".join(f"C={c}: {w['rounds']} of {w['window_s']:g} s" for c, w in shape.items()
+                      if w["window_s"] != conc["window_s"])
+    lines = ["", f"concurrency: get_user_by_id on random ids of {conc['users']:,} users, "
+             f"{conc['rounds']} windows of {conc['window_s']:g} s per side and C"
+             + (f" ({split})" if split else "") + ", interleaved",
+             *_grid(rows)]
+    lone = conc.get("lone_pair")
+    if lone:
+        lines.append(
+            f"   1  lone caller, L1 off, alternating blocks of {lone['block']} calls "
+            f"({lone['blocks']} per side): p50 {fmt_time(lone['p50_s']['ours_0'])} "
+            f"coalescing on, {fmt_time(lone['p50_s']['nc_0'])} off")
+    checks = report.get("concurrency_checks", [])
+    if checks:
+        c_rows = [("check", "value", "(per round)", "goal", "", "gate", "")]
+        for ch in checks:
+            value = str(int(ch["value"])) if ch["metric"] == "errors" else _ratio(ch["value"])
+            rs = ch["rounds"]
+            per_round = f"({_ratio(min(rs))}-{_ratio(max(rs))})" if rs else ""
+            c_rows.append((
+                ch["label"], value, per_round,
+                _check_bound(ch["metric"], ch["goal"], strict=ch["metric"] == "p99"),
+                {True: "met", False: "NOT MET", None: ""}[ch["met_goal"]],
+                _check_bound(ch["metric"], ch["gate"]),
+                ("PASS" if ch["passed"] else "FAIL") if ch["gate"] is not None or ch["problem"]
+                else "(not gated)",
+            ))
+        lines += ["", *_grid(c_rows)]
+    return lines
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -69,11 +150,13 @@ def format_table(report: dict[str, Any]) -> str:
         t0 = throughput[0]
         lines += ["", f"throughput: writes per second, {t0['rounds']} windows of "
                   f"{t0['window_s']:g} s per side, interleaved", *_grid(t_rows)]
+    lines += format_concurrency(report)
     m = report["machine"]
     lines += ["", "baselines (measured in the same run, interleaved with ours):", *notes, "",
               f"{report['mode']} run, {report['duration_s']} s; {m['nproc']} CPU ({m['cpu']}), "
               f"Python {m['python']}, server {m['redis_server']}, redis-py {m['redis_py']} "
-              f"(hiredis {m['hiredis']}), msgspec {m['msgspec']}, L1 {m['l1']}",
+              f"(hiredis {m['hiredis']}), msgspec {m['msgspec']}, L1 {m['l1']}, "
+              f"loop {m.get('loop', 'asyncio')}",
               "ratio = ours / baseline of the statistic in column 'by': p50 = medians, min =",
               "the fastest block of each side (CPU-bound rows: ours and the baseline alternate",
               "block by block). A row fails when the ratio exceeds its gate, when trips (round",
@@ -82,6 +165,10 @@ def format_table(report: dict[str, Any]) -> str:
               "median, p99: ours, for information; p50 ratio: median(ours) / median(baseline).",
               "Throughput: ratio = ours / baseline writes per second (higher is better); a",
               "row fails when any of our writes raised (warm-up included).",
+              "Concurrency: calls/s over all windows of a side, p50/p99 the median of its",
+              "windows', (min-max) over the windows; Redis cmd/s from INFO commandstats;",
+              "calls/s vs raw: ours / the raw client at the same C. A check fails when its",
+              "ratio is past its gate, or when any call of ours raised (warm-up included).",
               "RESULT: " + ("PASS" if report["passed"] else "FAIL")]
     for r in report["results"]:
         name = r["label"].strip()
@@ -101,6 +188,24 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"  FAIL {name}: ratio {t['ratio']:.2f}x < gate {t['min_ratio']:.2f}x")
         if t["problem"]:
             lines.append(f"  FAIL {name}: {t['problem']}")
+    for ch in report.get("concurrency_checks", []):
+        if ch["passed"]:
+            continue
+        if ch["problem"]:
+            lines.append(f"  FAIL {ch['label']}: {ch['problem']}")
+        elif ch["metric"] == "errors":
+            counts: collections.Counter[str] = collections.Counter()
+            for sides in report["concurrency"]["by_c"].values():
+                for side, fig in sides.items():
+                    if side != "raw":
+                        counts.update(fig["error_kinds"])
+            for kinds_of_side in report["concurrency"].get("lone_pair", {}).get(
+                    "error_kinds", {}).values():
+                counts.update(kinds_of_side)
+            lines.append(f"  FAIL {ch['label']}: {int(ch['value'])} calls raised ({dict(counts)})")
+        else:
+            lines.append(f"  FAIL {ch['label']}: {_ratio(ch['value'])}, gate "
+                         f"{_check_bound(ch['metric'], ch['gate'])}")
     return "\n".join(lines)
 
 

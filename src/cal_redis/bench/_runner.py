@@ -8,6 +8,7 @@ only ratios are gated. See docs/benchmarks.md.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import math
 import os
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 from .._server_info import describe_server
 from ..cache import CallableCache
+from ._concurrency import Check, concurrency_checks, measure_concurrency
 from ._propagation import measure_propagation
 from ._scenarios import (
     BENCH_CONFIG,
@@ -178,8 +180,15 @@ def _machine(server_version: str) -> dict[str, str]:
     from .. import __version__
     from .._fast import EXTENSION_ACTIVE
 
+    loop = type(asyncio.get_running_loop())
+    loop_name = "asyncio"
+    if loop.__module__.split(".", 1)[0] == "uvloop":
+        import uvloop
+
+        loop_name = f"uvloop {getattr(uvloop, '__version__', '?')}"
     return {
         "cal_redis": __version__,
+        "loop": loop_name,
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "python": platform.python_version(),
@@ -204,7 +213,7 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
         ids = await seed_users(cache, N_USERS)
         stock = stock_client(url)
         scenarios = cache_scenarios(cache, ids, stock) + ops_scenarios(cache, stock)
-        total = len(scenarios) + 2  # + event propagation + concurrent writers
+        total = len(scenarios) + 3  # + event propagation, concurrent writers, concurrency
         results: list[Result] = []
         for i, sc in enumerate(scenarios, 1):
             progress(f"[{i}/{total}] {sc.name}")
@@ -225,12 +234,17 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
     events, warmup = (600, 100) if quick else (3000, 200)
     prop = await measure_propagation(url, events=events, warmup=warmup, writer_subscribed=False)
     results.extend(_propagation_results(prop))
-    progress(f"[{total}/{total}] {WRITERS_ROW.label}")
+    progress(f"[{total - 1}/{total}] {WRITERS_ROW.label}")
     # Windows of 2.5 s in quick runs too: a write that fails does so after a long run of
     # conflicts, which 1 s windows end too early to show (docs/benchmarks.md).
     window, rounds = 2.5, 2 if quick else 4
     writers = await measure_writers(url, writers=WRITERS, window=window, rounds=rounds)
     throughput = [_writers_result(writers)]
+    progress(f"[{total}/{total}] concurrency: get_user_by_id from C coroutines")
+    window, rounds, conc_warmup, pair = (0.4, 2, 0.1, 1.0) if quick else (1.0, 4, 0.25, 4.0)
+    conc = await measure_concurrency(url, window=window, rounds=rounds, warmup=conc_warmup,
+                                     pair=pair, progress=progress)
+    checks = concurrency_checks(conc)
     return {
         "mode": "quick" if quick else "full",
         "machine": machine,
@@ -239,7 +253,10 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
         "throughput": [_as_json(t) for t in throughput],
         "propagation": prop,
         "writers": writers,
-        "passed": all(r.passed for r in results) and all(t.passed for t in throughput),
+        "concurrency": conc,
+        "concurrency_checks": [_as_json(c) for c in checks],
+        "passed": (all(r.passed for r in results) and all(t.passed for t in throughput)
+                   and all(c.passed for c in checks)),
     }
 
 
@@ -302,7 +319,9 @@ def _writers_result(w: dict[str, Any]) -> Throughput:
     )
 
 
-def _as_json(r: Result | Throughput) -> dict[str, Any]:
+def _as_json(r: Result | Throughput | Check) -> dict[str, Any]:
     d = asdict(r)
     d["passed"] = r.passed
+    if isinstance(r, Check):
+        d["met_goal"] = r.met_goal
     return d
