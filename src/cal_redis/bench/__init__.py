@@ -66,7 +66,8 @@ def _run(coro: Coroutine[Any, Any, T], loop: str) -> T:
             coro.close()
             raise SystemExit("bench --loop uvloop: uvloop is not installed "
                              "(pip install 'cal-redis[uvloop]')") from None
-        return uvloop.run(coro)
+        result: T = uvloop.run(coro)
+        return result
     return asyncio.run(coro)
 
 
