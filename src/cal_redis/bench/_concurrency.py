@@ -402,6 +402,9 @@ class Check:
     #: Per round: the figure of the windows of that round (the spread), tput/latency rows.
     rounds: list[float]
     problem: str = ""
+    #: False: a ratio gate is reported, not applied (see ``Result.ratio_gated``); the
+    #: errors check always is.
+    ratio_gated: bool = True
 
     @property
     def higher_is_better(self) -> bool:
@@ -420,14 +423,21 @@ class Check:
         return self.value <= self.goal
 
     @property
+    def over_gate(self) -> bool:
+        """The figure is past its gate (where it has one)."""
+        if self.gate is None:
+            return False
+        if self.higher_is_better:
+            return not self.value >= self.gate
+        return not self.value <= self.gate
+
+    @property
     def passed(self) -> bool:
         if self.problem:
             return False
-        if self.gate is None:
-            return True
-        if self.higher_is_better:
-            return self.value >= self.gate
-        return self.value <= self.gate
+        if self.metric == "errors":
+            return not self.over_gate
+        return not (self.over_gate and self.ratio_gated)
 
 
 #: What is reported and gated. Gates from 20 quick runs with a CPU hog on one core and
