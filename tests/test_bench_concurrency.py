@@ -164,3 +164,46 @@ def test_uvloop_missing_is_a_clear_exit(monkeypatch: pytest.MonkeyPatch) -> None
 
     with pytest.raises(SystemExit, match=r"pip install 'cal-redis\[uvloop\]'"):
         _run(nothing(), "uvloop")
+
+
+def test_ratio_gates_reported_not_applied_on_another_loop() -> None:
+    """A run on uvloop shows the asyncio-derived ratio gates without applying them;
+    errors, round trips and exact checks still fail it."""
+    from cal_redis.bench._runner import Result, Stats
+    from cal_redis.bench._writers import Throughput
+
+    slow = _conc(_side(350.0, 1e-3, 6e-3), _side(100.0, 5e-3, 1e-2))
+    checks = {c.key: dataclasses.replace(c, ratio_gated=False)
+              for c in concurrency_checks(slow, SPECS)}
+    assert checks["t"].over_gate and checks["t"].passed
+    assert checks["p"].over_gate and checks["p"].passed
+    errs = {c.key: dataclasses.replace(c, ratio_gated=False) for c in concurrency_checks(
+        _conc(_side(600.0, 1e-3, 2e-3, errors=1), _side(100.0, 5e-3, 1e-2)), SPECS)}
+    assert not errs["e"].passed  # an error is an error on any loop
+
+    row = Result("k", "row", "base", Stats(2.0, 3.0, 2.0, 9), Stats(1.0, 2.0, 1.0, 9), "min",
+                 2.0, 1.5, None, None, "", 1, 1, ratio_gated=False)
+    assert row.over_gate and row.passed
+    assert not dataclasses.replace(row, trips=2).passed
+    assert not dataclasses.replace(row, problem="the peer's L1 did not hold it").passed
+    writers = Throughput("w", "writers", "raw", 50.0, 100.0, 0.5, 0.8, 0.75, 10, 20, 0, {},
+                         1.0, 2, ratio_gated=False)
+    assert writers.over_gate and writers.passed
+    assert not dataclasses.replace(writers, failures=1).passed
+
+    def as_json(r: Any) -> dict[str, Any]:
+        return {**dataclasses.asdict(r), "passed": r.passed, "over_gate": r.over_gate,
+                **({"met_goal": r.met_goal} if isinstance(r, Check) else {})}
+
+    machine = dict.fromkeys(("nproc", "cpu", "python", "redis_server", "redis_py", "hiredis",
+                             "msgspec", "l1"), "x")
+    machine["loop"] = "uvloop 0.23.0"
+    text = format_table({
+        "mode": "quick", "duration_s": 1.0, "machine": machine, "results": [as_json(row)],
+        "throughput": [as_json(writers)], "concurrency": slow,
+        "concurrency_checks": [as_json(c) for c in checks.values()],
+        "ratio_gates_applied": False, "passed": True})
+    assert "OVER" in text and "FAIL" not in text and "RESULT: PASS" in text
+    assert "OVER row: ratio 2.00x > gate 1.50x" in text
+    assert "OVER tput: 3.50x, gate >=4.00x" in text
+    assert "derived on asyncio's loop: on uvloop 0.23.0 they are shown,\nnot applied" in text
