@@ -61,7 +61,7 @@ def _throughput(**kw: Any) -> Throughput:
 
 
 def test_throughput_verdicts() -> None:
-    assert WRITERS_ROW.min_ratio == 0.75  # the ratio is gated (docs/benchmarks.md)
+    assert WRITERS_ROW.min_ratio == 0.70  # the ratio is gated (docs/benchmarks.md)
     assert _throughput().passed  # ungated (min_ratio None): a low ratio fails nothing
     assert not _throughput(failures=1, errors={"CalRedisError: gave up": 1}).passed
     assert not _throughput(min_ratio=0.8).passed

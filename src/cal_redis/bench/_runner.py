@@ -290,9 +290,9 @@ class PropagationRow:
 
 
 PROPAGATION_ROWS: tuple[PropagationRow, ...] = (
-    PropagationRow("propagation_exec", "exec:quiet", "propagation: EXEC -> peer's L1", 1.80),
+    PropagationRow("propagation_exec", "exec:quiet", "propagation: EXEC -> peer's L1", 1.95),
     PropagationRow("propagation_write", "write:quiet", "propagation: set_user -> peer's L1",
-                   2.15, goal=2.0, seed=(1e-3, 2e-3), seed_text="1-2 ms"),
+                   2.40, goal=2.0, seed=(1e-3, 2e-3), seed_text="1-2 ms"),
 )
 
 
