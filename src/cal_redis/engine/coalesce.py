@@ -6,7 +6,8 @@ are collected until the end of the current event-loop tick and sent together as 
 ``HMGET`` (chunked as batches are), in its own task: the DataLoader pattern. Each
 caller gets its own value (or the round trip's error); decoding, checks and fills stay
 with each caller, so a corrupt value fails only the caller that asked for it. A caller
-that is cancelled leaves the others and the round trip alone (its wait is shielded).
+that is cancelled leaves the others and the round trip alone (it cancels only its own
+waiter).
 Single-flight per key sits above this (a key is read by one caller at a time).
 """
 
@@ -35,7 +36,10 @@ class HashReader:
         self._hget = "HGET " + key
         self._hmget = "HMGET " + key
         self._busy = 0  # reads of this hash in flight
-        self._queue: dict[str, asyncio.Future[bytes | None]] = {}
+        # (field, waiter) of the reads waiting for the next HMGET: one waiter per
+        # caller (a field asked twice is sent twice), so a caller that is cancelled
+        # cancels only its own waiter, and no shield is needed.
+        self._queue: list[tuple[str, asyncio.Future[bytes | None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_idle = on_idle
 
@@ -57,16 +61,15 @@ class HashReader:
                 if self._on_idle is not None and self.idle:
                     self._on_idle(self._key)
         queue = self._queue
-        waiter = queue.get(field)
-        if waiter is None:
-            loop = asyncio.get_running_loop()
-            if not queue:
-                loop.call_soon(self._send)
-            waiter = queue[field] = loop.create_future()
-        return await asyncio.shield(waiter)
+        loop = asyncio.get_running_loop()
+        if not queue:
+            loop.call_soon(self._send)
+        waiter: asyncio.Future[bytes | None] = loop.create_future()
+        queue.append((field, waiter))
+        return await waiter
 
     def _send(self) -> None:
-        batch, self._queue = self._queue, {}
+        batch, self._queue = self._queue, []
         if not batch:  # pragma: no cover - a tick always queues before it schedules
             return
         self._busy += 1
@@ -74,23 +77,23 @@ class HashReader:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: dict[str, asyncio.Future[bytes | None]]) -> None:
+    async def _run(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
         try:
-            raws = await self._remote.hmget(self._hmget, self._key, list(batch))
+            raws = await self._remote.hmget(self._hmget, self._key, [f for f, _ in batch])
         except asyncio.CancelledError:
-            for waiter in batch.values():
+            for _, waiter in batch:
                 waiter.cancel()
             raise
         except BaseException as err:
-            for waiter in batch.values():
+            for _, waiter in batch:
                 if not waiter.done():
                     waiter.set_exception(err)
                     waiter.exception()  # retrieved: each caller re-raises it
             if not isinstance(err, Exception):
                 raise
         else:
-            for waiter, raw in zip(batch.values(), raws, strict=True):
-                if not waiter.done():
+            for (_, waiter), raw in zip(batch, raws, strict=True):
+                if not waiter.done():  # a cancelled caller cancelled its own waiter
                     waiter.set_result(raw)
         finally:
             self._busy -= 1

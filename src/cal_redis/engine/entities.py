@@ -10,7 +10,7 @@ and writes (set, partial update, delete) through the one write path
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -113,19 +113,19 @@ class Entities(Generic[T]):
             values = [getattr(obj, f, None) for f in fields]
         return frozenset(v for v in values if isinstance(v, str) and v)
 
-    async def _hget(self, hkey: str, field: str) -> bytes | None:
+    def _hget(self, hkey: str, field: str) -> Awaitable[bytes | None]:
         readers = self._readers
         if readers is None:
             remote = self._remote
-            raw: bytes | None = await remote.read("HGET " + hkey, remote.cmd.hget, hkey, field)
-            return raw
+            read: Awaitable[bytes | None] = remote.read("HGET " + hkey, remote.cmd.hget, hkey, field)
+            return read
         reader = readers.get(hkey)
         if reader is None:
             drop = None if hkey == self._global_hkey else readers.pop
             reader = readers[hkey] = HashReader(
                 self._remote, hkey, None if drop is None else lambda k: drop(k, None)
             )
-        return await reader.get(field)
+        return reader.get(field)
 
     def _weight(self, json_len: int) -> int:
         return self._ctx.local.weight(self.spec.namespace, json_len)
@@ -156,12 +156,14 @@ class Entities(Generic[T]):
             return hit
         return await self.load(account_id, id_)
 
-    async def load(self, account_id: str | None, id_: str) -> T | None:
-        """L1 miss path of :meth:`get`: validate, single-flight HGET, decode, fenced fill."""
+    def load(self, account_id: str | None, id_: str) -> Awaitable[T | None]:
+        """L1 miss path of :meth:`get`: validate (at once, before any I/O), then the
+        awaitable of the single-flight HGET, decode and fenced fill. Not a coroutine of
+        its own: one frame less per waiting miss (thousands wait at once under load)."""
         validate_id(id_, self._id_arg)
         hkey = self._global_hkey or self._hkey(account_id)
         key = (account_id, id_) if self.spec.scoped else id_
-        return await self.flights.run(key, lambda: self._fetch(hkey, key, account_id, id_))
+        return self.flights.run(key, lambda: self._fetch(hkey, key, account_id, id_))
 
     async def _fetch(self, hkey: str, key: Hashable, account_id: str | None, id_: str) -> T | None:
         l1 = self.l1
