@@ -38,3 +38,10 @@ async def assert_rejected_before_io(
         await getattr(cache, method)(*args)
     assert info.value.argument == argument
     assert total_calls(raw) == before
+
+
+def data_keys(raw: redis.Redis) -> list[bytes]:
+    """Every key in Redis but the key-style marker every cache records at connect."""
+    from cal_redis.keys import LAYOUT_KEY
+
+    return sorted(k for k in raw.keys("*") if k != LAYOUT_KEY.encode())

@@ -24,7 +24,7 @@ from cal_redis import (
 )
 from cal_redis.embedded import EmbeddedRedis
 from cal_redis.remote import hiredis_available
-from redis_stats import assert_rejected_before_io, calls
+from redis_stats import assert_rejected_before_io, calls, data_keys
 
 # Cache-first entities: the L1 hot path, with each implementation.
 pytestmark = pytest.mark.l1
@@ -119,7 +119,7 @@ async def test_set_validates_entity_type_and_owner(cache: CallableCache, raw: re
     assert info.value.argument == "account_id"
     with pytest.raises(ValidationError):
         await cache.set_user(User(id="bad:id"))
-    assert raw.keys("*") == []
+    assert data_keys(raw) == []
 
 
 async def test_every_cache_first_entity(cache: CallableCache, raw: redis.Redis) -> None:

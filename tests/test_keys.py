@@ -16,16 +16,46 @@ CLUSTER = KeyBuilder(cluster=True)
 def test_global_keys() -> None:
     for kb in (PLAIN, CLUSTER):
         assert kb.REGIONS == "cal:regions"
-        assert kb.REGION_IDENTS == "cal:region:idents"
         assert kb.PROXIES == "cal:proxies"
         assert kb.ACCOUNTS == "cal:accounts"
-        assert kb.ACCOUNT_IDENTS == "cal:account:idents"
         assert kb.USERS == "cal:users"
-        assert kb.USER_IDENTS == "cal:user:idents"
+        assert kb.LAYOUT == "cal:meta:layout"
         assert kb.WS_CONNECTIONS == "cal:ws:connections"
         assert kb.EVENTS == "cal:events"
         assert kb.trunk_ip("10.0.0.1") == "cal:trunk:10.0.0.1"
         assert kb.trunk_ip("2001:0db8:0000::0001") == "cal:trunk:2001:db8::1"
+
+
+def test_ident_hashes_per_style() -> None:
+    assert PLAIN.global_ident_hashes() == (
+        "cal:region:idents", "cal:account:idents", "cal:user:idents")
+    assert CLUSTER.global_ident_hashes() == (
+        "cal:region:idents:{cal:regions}",
+        "cal:account:idents:{cal:accounts}",
+        "cal:user:idents:{cal:users}",
+    )
+    assert (PLAIN.style, CLUSTER.style) == ("standalone", "cluster")
+
+
+def test_cluster_write_keys_share_a_slot() -> None:
+    """Every ident hash hashes to its table's slot; an account's keys to one slot."""
+    from redis.crc import key_slot
+
+    def slot(key: str) -> int:
+        return key_slot(key.encode())
+
+    for table, idents in (
+        (CLUSTER.REGIONS, CLUSTER.REGION_IDENTS),
+        (CLUSTER.ACCOUNTS, CLUSTER.ACCOUNT_IDENTS),
+        (CLUSTER.USERS, CLUSTER.USER_IDENTS),
+    ):
+        assert slot(idents) == slot(table)
+    assert slot(PLAIN.USERS) != slot(PLAIN.USER_IDENTS)  # why the standalone style cannot
+    a = "acc42"
+    account_keys = [CLUSTER.devices(a), CLUSTER.device_idents(a), CLUSTER.sessions_active(a),
+                    CLUSTER.session(a, "s1"), CLUSTER.queue(a, "q"), CLUSTER.ws_connections(a),
+                    CLUSTER.agents_connected(a), CLUSTER.flow_state(a, "f")]
+    assert {slot(k) for k in account_keys} == {slot("{acc42}")}
 
 
 ACCOUNT_KEYS = [

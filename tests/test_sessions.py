@@ -12,7 +12,7 @@ import redis
 
 from cal_redis import CallableCache, NotFoundError, SessionData, ValidationError
 from cal_redis.models import now_ms
-from redis_stats import assert_rejected_before_io
+from redis_stats import assert_rejected_before_io, data_keys
 
 A = "acc1"
 
@@ -101,7 +101,7 @@ async def test_session_account_must_match(cache: CallableCache, raw: redis.Redis
     with pytest.raises(ValidationError) as info:
         await cache.session_set(A, {"id": "s1"}, ttl=5)  # type: ignore[arg-type]
     assert info.value.argument == "session"
-    assert raw.keys("*") == []
+    assert data_keys(raw) == []
 
 
 async def test_expiry_pruning_and_touch(cache: CallableCache, raw: redis.Redis) -> None:

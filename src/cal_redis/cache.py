@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +24,11 @@ from .api.ws import WsOps
 from .config import CacheConfig, configure_logging, resolve_url
 from .engine.entities import Entities
 from .engine.ttl_keys import TtlKeys
+from .errors import ConfigurationError
 from .keys import KeyBuilder
+from .layout import check_key_style
 from .local import LocalTier
-from .remote import Remote
+from .remote import Remote, open_remote
 from .sync import Dispatcher, Hub, Subscriber
 
 if TYPE_CHECKING:
@@ -55,7 +59,7 @@ class CallableCache(
         ctx = Context(
             config=config,
             remote=remote,
-            keys=KeyBuilder(cluster=config.cluster),
+            keys=KeyBuilder(cluster=config.cluster_keys),
             local=LocalTier(config, _NAMESPACES),
         )
         self._ctx = ctx
@@ -106,16 +110,35 @@ class CallableCache(
     async def connect(cls, url: str | None = None, *, config: CacheConfig | None = None) -> CallableCache:
         """Connect to Redis at ``url`` (default: ``$CAL_VALKEY_HOST``) and check it answers.
 
-        Raises :class:`~cal_redis.errors.ConfigurationError` when no URL is known and
+        ``redis+cluster://host:port[,host:port...]`` (or a server reporting
+        ``cluster_enabled:1``) connects to a Redis Cluster (docs/deployment.md). The
+        key style recorded in Redis is checked against this cache's (see
+        :mod:`cal_redis.layout`).
+
+        Raises :class:`~cal_redis.errors.ConfigurationError` when no URL is known, the
+        topology or key style does not match the server's, and
         :class:`~cal_redis.errors.ConnectionError` when Redis cannot be reached.
         """
         configure_logging()
         config = config or CacheConfig()
-        remote = Remote(resolve_url(url), config)
-        remote.bind()
-        self = cls(remote, config)
+        remote = await open_remote(resolve_url(url), config)
         try:
-            await remote.ping()
+            if remote.is_cluster and config.cluster is False:
+                raise ConfigurationError(
+                    f"{remote.safe_url} is a Redis Cluster but CacheConfig(cluster=False) "
+                    "selects the standalone key style, whose write scripts span slots: "
+                    "leave cluster unset (it follows the topology) or set cluster=True"
+                )
+            if config.cluster is None:
+                with warnings.catch_warnings():  # a deprecated field warns once, not twice
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    config = replace(config, cluster=remote.is_cluster)
+            self = cls(remote, config)
+            await check_key_style(remote, self._ctx.keys)
+        except BaseException:
+            await remote.close()
+            raise
+        try:
             if config.sync:
                 await self._sync.start(
                     apply_l1=True, wait=config.connect_timeout + config.socket_timeout
@@ -172,7 +195,8 @@ class CallableCache(
         await self.close()
 
     def redis_connection(self) -> Redis:
-        """The underlying ``redis.asyncio.Redis`` for custom commands (streams, scripts)."""
+        """The underlying ``redis.asyncio.Redis`` for custom commands (streams, scripts);
+        on a Redis Cluster a ``redis.asyncio.RedisCluster`` on the same nodes."""
         self._ctx.remote.check()
         client: Redis = self._ctx.remote.client
         return client

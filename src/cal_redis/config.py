@@ -12,6 +12,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from .errors import ConfigurationError
 
@@ -101,6 +102,10 @@ DEFAULT_ENTRY_WEIGHTS: dict[str, EntryWeight] = {
 }
 
 
+#: The values of :attr:`CacheConfig.topology`.
+TOPOLOGIES: Final = ("auto", "standalone", "cluster")
+
+
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
     """Every tunable of a :class:`~cal_redis.CallableCache`, with production defaults.
@@ -116,8 +121,21 @@ class CacheConfig:
     #: many bytes (and an ident -> id entry the two strings plus it), in place of the
     #: calibrated :attr:`entry_weights`. Deprecated: it undercounts real memory.
     entry_overhead: int | None = None
-    #: Write account-scoped keys with a Redis Cluster hash tag (``cal:account:{a}:...``).
-    cluster: bool = False
+    #: Key style: True for the cluster style (account keys hash-tagged,
+    #: ``cal:account:{a}:...``, and ident hashes in their table's slot,
+    #: ``cal:user:idents:{cal:users}``), False for the standalone style, None (the
+    #: default) to follow :attr:`topology`. A hash-tagged deployment behind a cluster
+    #: proxy sets ``cluster=True`` on a standalone topology. See docs/wire-format.md.
+    cluster: bool | None = None
+    #: How the servers are reached: ``"standalone"`` (one server), ``"cluster"``
+    #: (Redis Cluster: commands routed by slot to each master) or ``"auto"`` (the
+    #: default): cluster for a ``redis+cluster://`` URL or a server reporting
+    #: ``cluster_enabled:1``, standalone otherwise. See docs/deployment.md.
+    topology: str = "auto"
+    #: Seconds a cluster command that provably did not run (MOVED/ASK redirect,
+    #: TRYAGAIN, CLUSTERDOWN, no connection could be made) keeps being re-sent, with
+    #: backoff and a fresh slot map, before its error is raised.
+    cluster_retry_timeout: float = 2.0
     #: Maximum connections in the redis-py pool.
     max_connections: int = 64
     #: Seconds a caller waits for a free connection when all ``max_connections`` are
@@ -167,6 +185,19 @@ class CacheConfig:
             raise ConfigurationError(f"protocol must be 2 or 3, got {self.protocol}")
         if not self.heartbeat_interval > 0:
             raise ConfigurationError("heartbeat_interval must be > 0")
+        if self.topology not in TOPOLOGIES:
+            raise ConfigurationError(
+                f"topology must be one of {', '.join(TOPOLOGIES)}, got {self.topology!r}"
+            )
+        if self.cluster not in (None, True, False):
+            raise ConfigurationError(f"cluster must be True, False or None, got {self.cluster!r}")
+        if not self.cluster_retry_timeout >= 0:
+            raise ConfigurationError("cluster_retry_timeout must be >= 0 seconds")
+
+    @property
+    def cluster_keys(self) -> bool:
+        """True when the cluster key style is in use (:attr:`cluster`, else the topology)."""
+        return self.cluster if self.cluster is not None else self.topology == "cluster"
 
     def budget(self, namespace: str) -> NamespaceBudget:
         """The budget of ``namespace``, falling back to the SPEC default."""

@@ -6,8 +6,13 @@ validates the ids it is given *before* any I/O and raises
 :class:`~cal_redis.errors.ValidationError` naming the argument; an id is never
 escaped or silently changed.
 
-Two styles: plain (``cal:account:acc42:devices``) and cluster, where the account id
-is a hash tag so that one account's keys share a slot (``cal:account:{acc42}:devices``).
+Two key styles: standalone (``cal:account:acc42:devices``, ``cal:user:idents``) and
+cluster, where every key a write script touches together shares one Redis Cluster
+slot: the account id is a hash tag, so one account's keys share a slot
+(``cal:account:{acc42}:devices``), and each ident hash is tagged with its entity
+table's name, so it lives in the table's slot (``cal:user:idents:{cal:users}``).
+Entity table names are the same in both styles. The style in use is recorded in
+Redis under :data:`LAYOUT_KEY` (see :mod:`cal_redis.layout`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Final
 from .errors import ValidationError
 
 __all__ = (
+    "LAYOUT_KEY",
+    "KEY_STYLES",
     "MAX_ID_BYTES",
     "MAX_IDENT_BYTES",
     "KeyBuilder",
@@ -31,6 +38,10 @@ __all__ = (
 MAX_ID_BYTES: Final = 256
 MAX_IDENT_BYTES: Final = 1024
 PREFIX: Final = "cal:"
+#: A string key holding the key style of the data (``standalone`` or ``cluster``).
+LAYOUT_KEY: Final = "cal:meta:layout"
+#: The key styles, as stored under :data:`LAYOUT_KEY`.
+KEY_STYLES: Final = ("standalone", "cluster")
 
 # Separators, glob characters, hash-tag braces, whitespace and control characters.
 _BAD_ID = re.compile(r"[:*?\[\]{}\s\x00-\x1f\x7f-\x9f]")
@@ -121,7 +132,7 @@ def canonical_ip(value: object, argument: str = "trunk_ip") -> str:
 
 
 class KeyBuilder:
-    """Builds every key and channel of the layout, in the plain or the cluster style.
+    """Builds every key and channel of the layout, in the standalone or the cluster style.
 
     Example::
 
@@ -129,23 +140,40 @@ class KeyBuilder:
         'cal:account:acc42:devices'
         >>> KeyBuilder(cluster=True).devices("acc42")
         'cal:account:{acc42}:devices'
+        >>> KeyBuilder(cluster=True).USER_IDENTS
+        'cal:user:idents:{cal:users}'
     """
 
-    __slots__ = ("cluster",)
+    __slots__ = ("ACCOUNT_IDENTS", "REGION_IDENTS", "USER_IDENTS", "cluster")
 
-    # Global keys (constants: no id goes into them).
+    # Global keys (constants: no id goes into them, the same in both styles).
     REGIONS: Final = "cal:regions"
-    REGION_IDENTS: Final = "cal:region:idents"
     PROXIES: Final = "cal:proxies"
     ACCOUNTS: Final = "cal:accounts"
-    ACCOUNT_IDENTS: Final = "cal:account:idents"
     USERS: Final = "cal:users"
-    USER_IDENTS: Final = "cal:user:idents"
     WS_CONNECTIONS: Final = "cal:ws:connections"
     EVENTS: Final = "cal:events"
+    LAYOUT: Final = LAYOUT_KEY
 
     def __init__(self, cluster: bool = False) -> None:
         self.cluster = cluster
+        #: The ident hashes (ident -> id); in the cluster style in their table's slot.
+        self.REGION_IDENTS = self.ident_hash("cal:region:idents", self.REGIONS)
+        self.ACCOUNT_IDENTS = self.ident_hash("cal:account:idents", self.ACCOUNTS)
+        self.USER_IDENTS = self.ident_hash("cal:user:idents", self.USERS)
+
+    @property
+    def style(self) -> str:
+        """``"cluster"`` or ``"standalone"`` (the value stored under :data:`LAYOUT_KEY`)."""
+        return "cluster" if self.cluster else "standalone"
+
+    def ident_hash(self, name: str, table: str) -> str:
+        """The ident hash ``name`` of entity table ``table`` in this style."""
+        return f"{name}:{{{table}}}" if self.cluster else name
+
+    def global_ident_hashes(self) -> tuple[str, str, str]:
+        """The three global ident hashes (regions, accounts, users) in this style."""
+        return (self.REGION_IDENTS, self.ACCOUNT_IDENTS, self.USER_IDENTS)
 
     # -- account scope ---------------------------------------------------------------
     def account(self, account_id: str) -> str:

@@ -353,7 +353,7 @@ def cache_scenarios(
 def ops_scenarios(cache: CallableCache, stock: aioredis.Redis) -> list[Scenario]:
     """Direct-Redis operations beside the same commands sent by hand on ``stock``."""
     client = stock
-    keys = KeyBuilder(cluster=BENCH_CONFIG.cluster)
+    keys = KeyBuilder(cluster=BENCH_CONFIG.cluster_keys)
     acc, queue = "acc-bench", "support"
     qkey = keys.queue(acc, queue)
     items = _cycle([f"call-{i:05d}" for i in range(1000)])

@@ -143,7 +143,7 @@ async def measure_writers(
     raw_client = stock_client(url, max_connections=writers)
     try:
         users = [make_user(900_000 + i) for i in range(writers)]
-        events_channel = KeyBuilder(cluster=BENCH_CONFIG.cluster).EVENTS
+        events_channel = KeyBuilder(cluster=BENCH_CONFIG.cluster_keys).EVENTS
         origin = cache.instance_id
         encode = codec.encode
 

@@ -19,7 +19,8 @@ import collections
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import redis
@@ -35,7 +36,9 @@ from ._packing import hiredis_available, hiredis_packing
 from ._sends import unblocked_sends
 
 __all__ = (
+    "ClusterRemote",
     "HMGET_CHUNK",
+    "open_remote",
     "REDIS_PY_VERSION",
     "hiredis_packs_commands",
     "Redis",
@@ -80,6 +83,14 @@ def map_redis_error(err: BaseException, what: str) -> errors.CalRedisError:
         return errors.TimeoutError(f"{what}: Redis timed out: {err}")
     if isinstance(err, rexc.ConnectionError | OSError):
         return errors.ConnectionError(f"{what}: cannot reach Redis: {err}")
+    if isinstance(err, rexc.AskError):  # MovedError too: redis-py drops the word
+        word = "MOVED" if isinstance(err, rexc.MovedError) else "ASK"
+        return errors.CalRedisError(
+            f"{what}: Redis error: {word} {err} (a Redis Cluster node: connect with a "
+            "redis+cluster:// URL or CacheConfig(topology='cluster'))"
+        )
+    if isinstance(err, rexc.ClusterDownError | rexc.TryAgainError):
+        return errors.ConnectionError(f"{what}: the Redis Cluster cannot serve it now: {err}")
     return errors.CalRedisError(f"{what}: Redis error: {err}")
 
 
@@ -165,6 +176,52 @@ class _WaitingPool(aioredis.ConnectionPool):
                 break
 
 
+def node_client(url: str, config: CacheConfig) -> aioredis.Redis:
+    """A client of one server: the waiting pool, hiredis packing, no redis-py retries."""
+    try:
+        pool = _WaitingPool.from_url(
+            url,
+            pool_timeout=config.pool_timeout,
+            max_connections=config.max_connections,
+            socket_connect_timeout=config.connect_timeout,
+            socket_timeout=config.socket_timeout,
+            protocol=config.protocol,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+        )
+    except ValueError as err:
+        raise errors.ConfigurationError(f"invalid Redis URL {redact_url(url)!r}: {err}") from err
+    # before any connection: hiredis packing, no wait_for on sends that cannot block
+    pool.connection_class = unblocked_sends(hiredis_packing(pool.connection_class))
+    client = aioredis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # as from_url does: aclose() closes it
+    return client
+
+
+async def close_client(client: aioredis.Redis) -> None:
+    """Wake the callers waiting for a connection (they raise ClosedError), then close."""
+    pool = client.connection_pool
+    if isinstance(pool, _WaitingPool):
+        pool.wake_all()
+    await client.aclose()
+
+
+def subscriber_pool(url: str, config: CacheConfig, client_name: str) -> Any:
+    """A plain pool for pub/sub connections to the server at ``url``."""
+    try:
+        return aioredis.ConnectionPool.from_url(
+            url,
+            socket_connect_timeout=config.connect_timeout,
+            socket_timeout=config.socket_timeout,
+            protocol=config.protocol,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+            client_name=client_name,
+        )
+    except ValueError as err:
+        raise errors.ConfigurationError(f"invalid Redis URL {redact_url(url)!r}: {err}") from err
+
+
 class Remote:
     """One redis.asyncio client (pool) plus counters; see the module docstring."""
 
@@ -185,23 +242,7 @@ class Remote:
         #: The URL with any password replaced by ``***`` (for repr, logs, doctor).
         self.safe_url = redact_url(url)
         self.config = config
-        try:
-            pool = _WaitingPool.from_url(
-                url,
-                pool_timeout=config.pool_timeout,
-                max_connections=config.max_connections,
-                socket_connect_timeout=config.connect_timeout,
-                socket_timeout=config.socket_timeout,
-                protocol=config.protocol,
-                retry=Retry(NoBackoff(), 0),
-                decode_responses=False,
-            )
-        except ValueError as err:
-            raise errors.ConfigurationError(f"invalid Redis URL {self.safe_url!r}: {err}") from err
-        # before any connection: hiredis packing, no wait_for on sends that cannot block
-        pool.connection_class = unblocked_sends(hiredis_packing(pool.connection_class))
-        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
-        self.client.auto_close_connection_pool = True  # as from_url does: aclose() closes it
+        self.client: aioredis.Redis = node_client(url, config)
         #: The client, untyped: replies are bytes (``decode_responses=False``), which
         #: redis-py's annotations cannot express, so callers annotate each reply.
         self.cmd: Any = self.client
@@ -209,6 +250,9 @@ class Remote:
         self.errors = 0
         self.retries = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    #: True for :class:`~._cluster.ClusterRemote`.
+    is_cluster = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def bind(self) -> None:
@@ -240,10 +284,7 @@ class Remote:
     async def close(self) -> None:
         """Refuse further I/O and close the pool (idempotent)."""
         self._loop = None
-        pool = self.client.connection_pool
-        if isinstance(pool, _WaitingPool):
-            pool.wake_all()
-        await self.client.aclose()
+        await close_client(self.client)
 
     # -- commands ----------------------------------------------------------------------------
     async def read(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -355,7 +396,7 @@ class Remote:
         connection is dropped and :class:`~cal_redis.errors.TimeoutError` raised.
         Cancelling the caller drops the connection too (no late reply is read by anyone).
         """
-        pool: Any = self.client.connection_pool
+        pool: Any = self.pool_for(command[1])
         deadline = wait + self.config.socket_timeout
 
         async def call() -> Any:
@@ -373,23 +414,41 @@ class Remote:
 
         return await self.write(what, call)
 
+    def pool_for(self, key: str) -> Any:
+        """The connection pool of the server holding ``key``."""
+        return self.client.connection_pool
+
     def pubsub_pool(self, client_name: str) -> Any:
         """A pool of its own for the event subscriber, which makes its connections with
         ``make_connection()`` and closes the pool when it stops."""
-        config = self.config
+        return subscriber_pool(self.url, self.config, client_name)
+
+    async def open(self) -> bool:
+        """The first contact: True when the server is a Redis Cluster node
+        (``cluster_enabled:1``), which :func:`open_remote` then reaches as a cluster."""
         try:
-            pool = aioredis.ConnectionPool.from_url(
-                self.url,
-                socket_connect_timeout=config.connect_timeout,
-                socket_timeout=config.socket_timeout,
-                protocol=config.protocol,
-                retry=Retry(NoBackoff(), 0),
-                decode_responses=False,
-                client_name=client_name,
-            )
-        except ValueError as err:
-            raise errors.ConfigurationError(f"invalid Redis URL {self.safe_url!r}: {err}") from err
-        return pool
+            info: dict[str, Any] = await self.read("INFO cluster", self.cmd.info, "cluster")
+        except errors.ConnectionError:
+            raise
+        except errors.CalRedisError:  # a proxy without INFO: it answers, as one server
+            await self.ping()
+            return False
+        return str(info.get("cluster_enabled", 0)) == "1"
+
+    async def scan_keys(self, match: str, count: int = 1000) -> AsyncIterator[str]:
+        """Every key matching the glob ``match`` (SCAN in pages of ``count``; a key may
+        come twice, as SCAN guarantees no more)."""
+        async for key in self._scan(self.cmd, match, count):
+            yield key
+
+    async def _scan(self, client: Any, match: str, count: int) -> AsyncIterator[str]:
+        cursor = 0
+        while True:
+            cursor, page = await self.read("SCAN " + match, client.scan, cursor, match, count)
+            for key in page:
+                yield key.decode() if isinstance(key, bytes) else key
+            if int(cursor) == 0:
+                return
 
     # -- small helpers ------------------------------------------------------------------------
     async def ping(self) -> bool:
@@ -408,3 +467,44 @@ class Remote:
     def stats(self) -> dict[str, int]:
         """Round trips, errors and retries so far."""
         return {"round_trips": self.round_trips, "errors": self.errors, "retries": self.retries}
+
+
+async def open_remote(url: str, config: CacheConfig) -> Remote:
+    """The :class:`Remote` for ``url``, bound to the running loop and contacted once.
+
+    The topology is :attr:`CacheConfig.topology`; ``"auto"`` means a cluster for a
+    ``redis+cluster://`` URL or a server reporting ``cluster_enabled:1``. A cluster
+    node reached as one server, or a cluster URL with ``topology="standalone"``, is a
+    :class:`~cal_redis.errors.ConfigurationError`.
+    """
+    scheme = url.partition("://")[0].lower()
+    safe = redact_url(url)
+    if scheme in CLUSTER_SCHEMES and config.topology == "standalone":
+        raise errors.ConfigurationError(
+            f"{safe} is a Redis Cluster URL but CacheConfig(topology='standalone')"
+        )
+    remote: Remote = (
+        ClusterRemote(url, config)
+        if scheme in CLUSTER_SCHEMES or config.topology == "cluster"
+        else Remote(url, config)
+    )
+    remote.bind()
+    try:
+        is_cluster = await remote.open()
+    except BaseException:
+        await remote.close()
+        raise
+    if remote.is_cluster or not is_cluster:
+        return remote
+    await remote.close()
+    if config.topology == "standalone":
+        raise errors.ConfigurationError(
+            f"{safe} is a Redis Cluster node (cluster_enabled:1), but "
+            "CacheConfig(topology='standalone'): a single-node client would get MOVED "
+            "and CROSSSLOT errors; use topology='auto' or 'cluster' (or a redis+cluster:// URL)"
+        )
+    log.debug("%s reports cluster_enabled:1: reaching it as a Redis Cluster", safe)
+    return await open_remote(url, replace(config, topology="cluster"))
+
+
+from ._cluster import CLUSTER_SCHEMES, ClusterRemote  # noqa: E402  (it builds on Remote)
