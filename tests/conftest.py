@@ -14,6 +14,12 @@ silently fell back to pure Python must not pass. (The install checks of test_lru
 the state machine of test_lru_stateful.py follow ``NO_EXTENSIONS`` alone, for the same
 reason.)
 
+``--redis-cluster`` (or ``CAL_REDIS_TEST_CLUSTER=1``) runs the tests against one
+:class:`~cal_redis.embedded.EmbeddedCluster` per session (3 masters + 3 replicas,
+FLUSHALL on every master between tests): ``redis_url`` is then its
+``redis+cluster://`` URL and ``raw`` a ``redis.RedisCluster``. Tests that cannot run
+on a cluster are marked ``standalone_only``.
+
 ``--event-loop=uvloop`` (or ``CAL_REDIS_TEST_LOOP=uvloop``) runs every async test and
 fixture on uvloop's event loop, through pytest-asyncio's ``pytest_asyncio_loop_factories``
 hook (pytest-asyncio 1.4+; install the ``uvloop`` extra).
@@ -34,7 +40,7 @@ from hypothesis import settings
 from cal_redis import CacheConfig, CallableCache, _fast
 from cal_redis import local as local_mod
 from cal_redis._fast import _lru_py
-from cal_redis.embedded import EmbeddedRedis
+from cal_redis.embedded import EmbeddedCluster, EmbeddedRedis
 
 # No per-example deadline: these 2-core CI machines are noisy. "ci" keeps examples
 # derandomized so a red run can be reproduced.
@@ -45,6 +51,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 L1_MARK = pytest.mark.l1
 C_EXT_MARK = pytest.mark.c_extension
 #: The parametrization of ``l1_impl`` in tests marked ``l1``; ids as in the test names.
+STANDALONE_MARK = pytest.mark.standalone_only
 L1_PARAMS = (pytest.param("c", marks=C_EXT_MARK, id="c"), pytest.param("py", id="py"))
 
 
@@ -55,6 +62,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("CAL_REDIS_TEST_LOOP") or "asyncio",
         dest="event_loop",
         help="the event loop of async tests (default: $CAL_REDIS_TEST_LOOP, else asyncio)",
+    )
+    parser.addoption(
+        "--redis-cluster",
+        action="store_true",
+        default=os.environ.get("CAL_REDIS_TEST_CLUSTER") == "1",
+        dest="redis_cluster",
+        help="run against a 3+3 embedded Redis Cluster (default: $CAL_REDIS_TEST_CLUSTER=1)",
     )
     parser.addoption(
         "--c-extensions",  # --no-c-extensions
@@ -77,6 +91,8 @@ class _UvloopFactory:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.option.redis_cluster:
+        os.environ["CAL_REDIS_TEST_CLUSTER"] = "1"  # tests/keyspace.py: the cluster key style
     if config.option.event_loop == "uvloop":
         try:
             import uvloop  # noqa: F401
@@ -96,6 +112,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for mark, doc in (
         (L1_MARK, "exercises the L1: tests using l1_impl run with each implementation"),
         (C_EXT_MARK, "runs only against the compiled module"),
+        (STANDALONE_MARK, "needs a single server (skipped under --redis-cluster)"),
     ):
         if mark.name not in declared:
             config.addinivalue_line("markers", f"{mark.name}: {doc}")
@@ -109,6 +126,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.option.redis_cluster:
+        alone = pytest.mark.skip(reason="--redis-cluster: needs a single server")
+        for item in items:
+            if item.get_closest_marker(STANDALONE_MARK.name) is not None:
+                item.add_marker(alone)
     if config.option.c_extensions:
         return
     why = "CAL_REDIS_NO_EXTENSIONS is set" if _fast.NO_EXTENSIONS else "--no-c-extensions"
@@ -155,25 +177,68 @@ def lru_cls(l1_impl: str) -> Any:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[EmbeddedRedis]:
-    """The session's private redis-server."""
-    with EmbeddedRedis() as server:
+def redis_server(request: pytest.FixtureRequest) -> Iterator[EmbeddedRedis | EmbeddedCluster]:
+    """The session's private redis-server (an embedded cluster under --redis-cluster)."""
+    server = EmbeddedCluster() if request.config.option.redis_cluster else EmbeddedRedis()
+    with server:
         yield server
 
 
 @pytest.fixture
-def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
+def redis_url(redis_server: EmbeddedRedis | EmbeddedCluster) -> Iterator[str]:
     """URL of a freshly flushed database on the session's server."""
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    client.close()
+    if isinstance(redis_server, EmbeddedCluster):
+        redis_server.flushall()
+        _drain_cluster_bus(redis_server)
+    else:
+        client = redis.Redis.from_url(redis_server.url)
+        client.flushall()
+        client.close()
     yield redis_server.url
 
 
+def _drain_cluster_bus(cluster: EmbeddedCluster) -> None:
+    """Wait until every event an earlier test published has reached every node.
+
+    Cluster pub/sub forwards messages over the cluster bus, so an event of the
+    previous test can arrive after the next test's cache subscribed. Each master
+    publishes a token after everything it forwarded before; once every node has
+    seen every token, nothing older is in flight.
+    """
+    import time
+    import uuid
+
+    token = uuid.uuid4().hex.encode()
+    subs = []
+    for node in cluster.nodes:
+        client = redis.Redis(host=cluster.host, port=node.port)
+        sub = client.pubsub()
+        sub.subscribe("cal:test:barrier")
+        sub.get_message(timeout=1.0)  # the subscribe confirmation
+        subs.append((client, sub))
+    masters = cluster.masters()
+    for node in masters:
+        redis.Redis(host=cluster.host, port=node.port).publish(
+            "cal:test:barrier", token + b":%d" % node.port)
+    deadline = time.monotonic() + 5.0
+    for client, sub in subs:
+        seen = 0
+        while seen < len(masters) and time.monotonic() < deadline:
+            msg = sub.get_message(timeout=0.5)
+            if msg and msg["type"] == "message" and msg["data"].startswith(token):
+                seen += 1
+        sub.close()
+        client.close()
+
+
 @pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    """A plain synchronous redis-py client on the test database (a "foreign" writer)."""
-    client = redis.Redis.from_url(redis_url)
+def raw(redis_url: str, redis_server: EmbeddedRedis | EmbeddedCluster) -> Iterator[Any]:
+    """A plain synchronous redis-py client on the test database (a "foreign" writer);
+    a ``redis.RedisCluster`` under --redis-cluster."""
+    if isinstance(redis_server, EmbeddedCluster):
+        client: Any = redis.RedisCluster(host=redis_server.host, port=redis_server.ports[0])
+    else:
+        client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
 

@@ -11,16 +11,33 @@ import redis
 IGNORED = ("cmdstat_info", "cmdstat_config", "cmdstat_ping")
 
 
-def calls(raw: redis.Redis, command: str) -> int:
+def reset_stats(raw: Any) -> None:
+    """CONFIG RESETSTAT on the server, or on every node of a cluster."""
+    if isinstance(raw, redis.RedisCluster):
+        for node in raw.get_nodes():
+            raw.get_redis_connection(node).config_resetstat()
+    else:
+        raw.config_resetstat()
+
+
+def commandstats(raw: Any) -> list[dict[str, Any]]:
+    """``INFO commandstats`` of the server, or of every node of a cluster."""
+    if isinstance(raw, redis.RedisCluster):
+        return [raw.get_redis_connection(n).info("commandstats") for n in raw.get_nodes()]
+    return [raw.info("commandstats")]
+
+
+def calls(raw: Any, command: str) -> int:
     """How many times ``command`` (lower case, e.g. ``"hget"``) ran since CONFIG RESETSTAT."""
-    stats: dict[str, Any] = raw.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+    return sum(int(s.get(f"cmdstat_{command}", {}).get("calls", 0)) for s in commandstats(raw))
 
 
-def total_calls(raw: redis.Redis) -> int:
+def total_calls(raw: Any) -> int:
     """Every command run since CONFIG RESETSTAT, except those in :data:`IGNORED`."""
-    stats: dict[str, Any] = raw.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k.split("|")[0] not in IGNORED)
+    return sum(
+        int(v["calls"]) for s in commandstats(raw) for k, v in s.items()
+        if k.split("|")[0] not in IGNORED
+    )
 
 
 async def assert_rejected_before_io(
@@ -32,7 +49,7 @@ async def assert_rejected_before_io(
 
     from cal_redis import ValidationError
 
-    raw.config_resetstat()
+    reset_stats(raw)
     before = total_calls(raw)
     with pytest.raises(ValidationError) as info:
         await getattr(cache, method)(*args)
@@ -45,3 +62,37 @@ def data_keys(raw: redis.Redis) -> list[bytes]:
     from cal_redis.keys import LAYOUT_KEY
 
     return sorted(k for k in raw.keys("*") if k != LAYOUT_KEY.encode())
+
+
+def client_of(cache: Any, key: str) -> Any:
+    """The cache's own redis-py client of the server holding ``key`` (on a cluster,
+    the client of that slot's master), to hook replies in tests."""
+    remote = cache.remote
+    return remote.node(remote.node_of(key)) if remote.is_cluster else remote.client
+
+
+def url_of(cache: Any, key: str) -> str:
+    """A single-server URL of the server holding ``key`` (on a cluster, its master)."""
+    remote = cache.remote
+    if not remote.is_cluster:
+        return str(remote.url)
+    host, _, port = remote.node_of(key).rpartition(":")
+    return str(remote.parsed.node_url(host, int(port)))
+
+
+def kill_clients(raw: Any, kind: str) -> int:
+    """CLIENT KILL TYPE ``kind`` on the server, or on every node of a cluster."""
+    if isinstance(raw, redis.RedisCluster):
+        return sum(
+            int(raw.get_redis_connection(n).client_kill_filter(_type=kind)) for n in raw.get_nodes()
+        )
+    return int(raw.client_kill_filter(_type=kind))
+
+
+def numsub(raw: Any, channel: str) -> int:
+    """Subscribers of ``channel`` on the server, or on all nodes of a cluster."""
+    if isinstance(raw, redis.RedisCluster):
+        return sum(
+            int(raw.get_redis_connection(n).pubsub_numsub(channel)[0][1]) for n in raw.get_nodes()
+        )
+    return int(raw.pubsub_numsub(channel)[0][1])

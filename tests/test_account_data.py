@@ -21,6 +21,7 @@ from cal_redis import (
     ValidationError,
 )
 from cal_redis.models import Model
+from keyspace import K
 from redis_stats import assert_rejected_before_io, data_keys
 
 A = "acc1"
@@ -43,7 +44,7 @@ async def test_crud(cache: CallableCache, raw: redis.Redis, one: str, many: str,
     get, get_all = getattr(cache, f"get_{one}"), getattr(cache, f"get_{many}")
     put, delete = getattr(cache, f"set_{one}"), getattr(cache, f"delete_{one}")
     batch = getattr(cache, f"get_{many}_batch")
-    hkey = f"cal:account:{A}:{many}"
+    hkey = K.account(A) + many
     assert await get(A, ids[0]) is None
     assert await get_all(A) == []
     x = await put(A, model(id=ids[1], **change))  # type: ignore[call-arg]
@@ -66,7 +67,7 @@ async def test_set_keeps_fields_of_other_services(
     cache: CallableCache, raw: redis.Redis, one: str, many: str, model: type[Model],
     ids: tuple[str, str], change: dict[str, Any],
 ) -> None:
-    hkey = f"cal:account:{A}:{many}"
+    hkey = K.account(A) + many
     raw.hset(hkey, ids[0], json.dumps({"id": ids[0], "account_id": A, "billing_ref": "X-1"}))
     out = await getattr(cache, f"set_{one}")(A, model(id=ids[0], **change))  # type: ignore[call-arg]
     stored = json.loads(raw.hget(hkey, ids[0]))
@@ -97,7 +98,7 @@ async def test_concurrent_writers_of_known_fields_keep_foreign_ones(
     make_cache: Any, raw: redis.Redis
 ) -> None:
     caches = [await make_cache() for _ in range(3)]
-    hkey = f"cal:account:{A}:trunks"
+    hkey = (K.account(A) + "trunks")
     raw.hset(hkey, "t1", json.dumps({"id": "t1", "carrier_contract": {"n": 7}}))
     await asyncio.gather(*(
         caches[i % 3].set_trunk(A, Trunk(id="t1", name=f"n{i}", port=5060 + i)) for i in range(40)
@@ -108,13 +109,13 @@ async def test_concurrent_writers_of_known_fields_keep_foreign_ones(
 
 
 async def test_corrupt_stored_value(cache: CallableCache, raw: redis.Redis) -> None:
-    raw.hset(f"cal:account:{A}:hooks", "h1", "{not json")
+    raw.hset((K.account(A) + "hooks"), "h1", "{not json")
     with pytest.raises(SerializationError) as info:
         await cache.get_hook(A, "h1")
-    assert "cal:account:acc1:hooks" in str(info.value)
+    assert (K.account("acc1") + "hooks") in str(info.value)
     with pytest.raises(SerializationError):
         await cache.set_hook(A, Hook(id="h1"))  # cannot merge over it: refused
-    assert raw.hget(f"cal:account:{A}:hooks", "h1") == b"{not json"
+    assert raw.hget((K.account(A) + "hooks"), "h1") == b"{not json"
 
 
 @pytest.mark.parametrize(

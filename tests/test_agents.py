@@ -12,10 +12,11 @@ import redis
 import redis.asyncio as aioredis
 
 from cal_redis import AgentState, AgentStatus, CallableCache, ValidationError
+from keyspace import K
 from redis_stats import assert_rejected_before_io, data_keys
 
 A = "acc1"
-P = f"cal:account:{A}:"
+P = K.account(A)
 
 
 def status(user: str = "u1", **kw: Any) -> AgentStatus:

@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from cal_redis import CacheConfig, SerializationError
-from redis_stats import calls
+from keyspace import K
+from redis_stats import calls, reset_stats
 
 pytestmark = pytest.mark.l1  # fills into L1: each implementation
 
@@ -24,7 +25,7 @@ def seed(raw: redis.Redis, n: int) -> None:
 async def test_concurrent_misses_share_round_trips(make_cache: Any, raw: redis.Redis) -> None:
     cache = await make_cache(NO_SYNC)
     seed(raw, 200)
-    raw.config_resetstat()
+    reset_stats(raw)
     got = await asyncio.gather(*(cache.get_user_by_id(f"u{i}") for i in range(200)))
     assert [u.name for u in got if u is not None] == [f"n{i}" for i in range(200)]
     assert calls(raw, "hget") == 1  # the first miss went alone, at once
@@ -35,7 +36,7 @@ async def test_concurrent_misses_share_round_trips(make_cache: Any, raw: redis.R
 async def test_a_lone_miss_is_one_hget(make_cache: Any, raw: redis.Redis) -> None:
     cache = await make_cache(NO_SYNC)
     seed(raw, 1)
-    raw.config_resetstat()
+    reset_stats(raw)
     assert (await cache.get_user_by_id("u0")).name == "n0"  # type: ignore[union-attr]
     assert calls(raw, "hget") == 1 and calls(raw, "hmget") == 0
 
@@ -43,7 +44,7 @@ async def test_a_lone_miss_is_one_hget(make_cache: Any, raw: redis.Redis) -> Non
 async def test_coalescing_off_sends_one_hget_per_miss(make_cache: Any, raw: redis.Redis) -> None:
     cache = await make_cache(CacheConfig(sync=False, coalesce_reads=False))
     seed(raw, 50)
-    raw.config_resetstat()
+    reset_stats(raw)
     await asyncio.gather(*(cache.get_user_by_id(f"u{i}") for i in range(50)))
     assert calls(raw, "hget") == 50 and calls(raw, "hmget") == 0
 
@@ -78,8 +79,8 @@ async def test_ident_misses_are_coalesced_too(make_cache: Any, raw: redis.Redis)
     cache = await make_cache(NO_SYNC)
     raw.hset("cal:users", mapping={
         f"u{i}": f'{{"id":"u{i}","email":"u{i}@x.io"}}' for i in range(50)})
-    raw.hset("cal:user:idents", mapping={f"u{i}@x.io": f"u{i}" for i in range(50)})
-    raw.config_resetstat()
+    raw.hset(K.USER_IDENTS, mapping={f"u{i}@x.io": f"u{i}" for i in range(50)})
+    reset_stats(raw)
     got = await asyncio.gather(*(cache.get_user_by_ident(f"u{i}@x.io") for i in range(50)))
     assert [u.id for u in got if u is not None] == [f"u{i}" for i in range(50)]
     assert calls(raw, "hget") + calls(raw, "hmget") <= 10  # not 100 (50 idents + 50 users)

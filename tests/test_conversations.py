@@ -10,10 +10,11 @@ import pytest
 import redis
 
 from cal_redis import CallableCache, Conversation
+from keyspace import K as KEYS
 from redis_stats import assert_rejected_before_io
 
 A = "acc1"
-K = f"cal:account:{A}:conversation:c1"
+K = (KEYS.account(A) + "conversation:c1")
 
 
 async def test_set_get_delete(cache: CallableCache, raw: redis.Redis) -> None:

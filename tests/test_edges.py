@@ -25,7 +25,7 @@ from cal_redis import (
     User,
     ValidationError,
 )
-from redis_stats import assert_rejected_before_io, calls
+from redis_stats import assert_rejected_before_io, calls, reset_stats
 from waiting import until
 
 # Fills, fences and the L1 gate: each implementation.
@@ -51,7 +51,7 @@ async def test_update_with_a_wrong_type_or_unknown_field_sends_nothing(
     async def update(**changes: Any) -> None:
         await cache.update_user("u1", **changes)
 
-    raw.config_resetstat()
+    reset_stats(raw)
     with pytest.raises(ValidationError) as info:
         await update(name=5)
     assert info.value.argument == "name"
@@ -181,7 +181,7 @@ async def test_a_pop_whose_reply_is_lost_raises_and_is_not_retried(
     cache = await make_cache(CacheConfig(socket_timeout=0.15, sync=False))
     for i in range(5):
         await cache.queue_add("acc1", "q", f"item{i}")
-    raw.config_resetstat()
+    reset_stats(raw)
     # Write commands wait 250 ms: the pop times out at 150 ms, its outcome unknown. A
     # retry (10 ms later) would be answered when the pause ends and pop an item.
     raw.client_pause(250, all=False)

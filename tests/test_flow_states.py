@@ -20,13 +20,14 @@ from cal_redis import (
     ValidationError,
 )
 from cal_redis.codec import decode_event
-from redis_stats import assert_rejected_before_io, calls, total_calls
+from keyspace import K as KEYS
+from redis_stats import assert_rejected_before_io, calls, reset_stats, total_calls
 
 # Flow states are cache-first: each L1 implementation.
 pytestmark = pytest.mark.l1
 
 A = "acc1"
-K = f"cal:account:{A}:flow_state:f1"
+K = (KEYS.account(A) + "flow_state:f1")
 
 
 async def test_set_then_get_from_l1(cache: CallableCache, raw: redis.Redis) -> None:
@@ -34,14 +35,14 @@ async def test_set_then_get_from_l1(cache: CallableCache, raw: redis.Redis) -> N
     assert st.account_id == A
     assert 4 * 3600_000 - 5000 < raw.pttl(K) <= 4 * 3600_000
     assert json.loads(raw.get(K))["data"] == {"digits": "12"}
-    raw.config_resetstat()
+    reset_stats(raw)
     assert await cache.get_flow_state(A, "f1") is st  # from L1, no command
     assert total_calls(raw) == 0
 
 
 async def test_miss_fills_l1_then_hits(cache: CallableCache, raw: redis.Redis) -> None:
     raw.set(K, json.dumps({"id": "f1", "account_id": A, "state": "queue"}), px=60_000)
-    raw.config_resetstat()
+    reset_stats(raw)
     got = await cache.get_flow_state(A, "f1")
     assert got is not None and got.state == "queue"
     assert calls(raw, "get") == 1
@@ -55,7 +56,7 @@ async def test_miss_fills_l1_then_hits(cache: CallableCache, raw: redis.Redis) -
 async def test_l1_never_outlives_redis_ttl(cache: CallableCache, raw: redis.Redis) -> None:
     await cache.set_flow_state(A, FlowState(id="f1", state="x"), ttl=0.2)
     assert 0 < raw.pttl(K) <= 200
-    raw.set("cal:account:acc1:flow_state:f2", json.dumps({"id": "f2"}), px=200)
+    raw.set((KEYS.account("acc1") + "flow_state:f2"), json.dumps({"id": "f2"}), px=200)
     assert await cache.get_flow_state(A, "f2") is not None  # filled with the key's TTL
     await asyncio.sleep(0.3)
     assert await cache.get_flow_state(A, "f1") is None
@@ -82,7 +83,7 @@ async def test_writes_publish_invalidation_events(make_cache: Any, redis_url: st
     b = await make_cache(CacheConfig(sync=False))
     client = redis.Redis.from_url(redis_url)
     pubsub = client.pubsub()
-    pubsub.subscribe(f"cal:account:{A}:events")
+    pubsub.subscribe(KEYS.account(A) + "events")
     pubsub.get_message(timeout=1)  # subscribe confirmation
     await a.set_flow_state(A, FlowState(id="f1", state="one"))
     assert (await b.get_flow_state(A, "f1")).state == "one"  # type: ignore[union-attr]
@@ -138,7 +139,7 @@ async def test_a_fill_overtaken_by_an_event_reads_again(
 ) -> None:
     raw.set(K, json.dumps({"id": "f1", "state": "s1"}))
     l1 = cache.local["flow_states"]
-    raw.config_resetstat()
+    reset_stats(raw)
     task = asyncio.create_task(cache.get_flow_state(A, "f1"))
     for _ in range(1000):  # until the task is inside its read
         if l1.inflight:

@@ -13,11 +13,12 @@ import redis
 from cal_redis import CacheConfig, CallableCache, QueueMeta, ValidationError
 from cal_redis import TimeoutError as CalTimeoutError
 from cal_redis.models import now_ms
+from keyspace import K
 from redis_stats import assert_rejected_before_io
 
 A = "acc1"
-Q = f"cal:account:{A}:queue:support"
-META = f"cal:account:{A}:queues:meta"
+Q = (K.account(A) + "queue:support")
+META = (K.account(A) + "queues:meta")
 
 
 async def test_fifo_and_priority(cache: CallableCache, raw: redis.Redis) -> None:

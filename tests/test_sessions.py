@@ -12,16 +12,17 @@ import redis
 
 from cal_redis import CallableCache, NotFoundError, SessionData, ValidationError
 from cal_redis.models import now_ms
+from keyspace import K
 from redis_stats import assert_rejected_before_io, data_keys
 
 A = "acc1"
 
 
 def skey(sid: str, account: str = A) -> str:
-    return f"cal:account:{account}:session:{sid}"
+    return (K.account(account) + f"session:{sid}")
 
 
-ACTIVE = f"cal:account:{A}:sessions:active"
+ACTIVE = (K.account(A) + "sessions:active")
 
 
 async def test_create_and_get(cache: CallableCache, raw: redis.Redis) -> None:

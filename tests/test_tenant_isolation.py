@@ -37,6 +37,7 @@ from cal_redis import (
     SessionData,
     Trunk,
 )
+from keyspace import K
 
 # The isolation run reads cache-first entities (devices, accounts, flow states)
 # through the L1: each implementation.
@@ -250,7 +251,7 @@ def keys_of(argv: list[str]) -> list[str]:
 
 
 def violations(lines: list[str], mine: str, other: str) -> list[str]:
-    prefix = f"cal:account:{mine}:"
+    prefix = K.account(mine)
     bad: list[str] = []
     method = "?"
     for line in lines:
@@ -288,8 +289,8 @@ async def test_no_operation_of_one_account_touches_another(
     bad = violations(lines, A, B)
     assert not bad, "\n".join(bad[:20])
     # the check has teeth: A's operations did reach A's keys, B's data is still there
-    assert sum(f"cal:account:{A}:" in line for line in lines) > len(names)
-    assert raw.exists(f"cal:account:{B}:session:sess-1", f"cal:account:{B}:ddis") == 2
+    assert sum(K.account(A) in line for line in lines) > len(names)
+    assert raw.exists((K.account(B) + "session:sess-1"), (K.account(B) + "ddis")) == 2
     assert raw.hexists("cal:ws:connections", f"conn-{B}")
 
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from cal_redis import CacheConfig, CallableCache, ValidationError
-from redis_stats import calls
+from redis_stats import calls, reset_stats
 
 # Trunk IP lookups are cache-first: each L1 implementation.
 pytestmark = pytest.mark.l1
@@ -30,7 +30,7 @@ async def test_set_get_delete_v4_v6(cache: CallableCache, raw: redis.Redis) -> N
 
 async def test_cache_first(cache: CallableCache, raw: redis.Redis) -> None:
     raw.set("cal:trunk:192.0.2.7", "acc9")
-    raw.config_resetstat()
+    reset_stats(raw)
     assert await cache.get_trunk_account("192.0.2.7") == "acc9"
     assert await cache.get_trunk_account("192.0.2.7") == "acc9"
     assert calls(raw, "get") == 1
@@ -45,7 +45,7 @@ async def test_own_write_is_read_back(cache: CallableCache) -> None:
 
 @pytest.mark.parametrize("bad", ["", "10.0.0", "not-an-ip", "fe80::1%eth0", 42])
 async def test_bad_ip_rejected_before_io(cache: CallableCache, raw: redis.Redis, bad: Any) -> None:
-    raw.config_resetstat()
+    reset_stats(raw)
     for call in (
         cache.get_trunk_account(bad), cache.set_trunk_ip(bad, "acc1"), cache.delete_trunk_ip(bad)
     ):

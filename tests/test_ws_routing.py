@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from cal_redis import AgentState, AgentStatus, CallableCache, ValidationError, WsConnection
+from keyspace import K
 from redis_stats import assert_rejected_before_io
 
 A, B = "acc1", "acc2"
@@ -16,7 +17,7 @@ WS = "cal:ws:connections"
 
 
 def connected(raw: redis.Redis, account: str = A) -> set[bytes]:
-    return raw.smembers(f"cal:account:{account}:agents:connected")  # type: ignore[return-value]
+    return raw.smembers(K.account(account) + "agents:connected")  # type: ignore[return-value]
 
 
 async def test_add_get_list(cache: CallableCache, raw: redis.Redis) -> None:
@@ -30,7 +31,7 @@ async def test_add_get_list(cache: CallableCache, raw: redis.Redis) -> None:
         "id": "conn-1", "account_id": A, "user_id": "u1", "node_id": "node-1",
         "connected_at": c.connected_at}
     assert connected(raw) == {b"u1"}
-    assert raw.hgetall(f"cal:account:{A}:ws:connections") == {b"conn-1": b"u1"}
+    assert raw.hgetall(K.account(A) + "ws:connections") == {b"conn-1": b"u1"}
     await cache.add_connected_agent(A, "u2", "conn-0", "node-2")
     await cache.add_connected_agent(B, "u1", "conn-b", "node-1")
     assert await cache.get_connection("conn-1") == c
@@ -90,7 +91,7 @@ async def test_connection_record_written_by_another_service(
     # A foreign writer that knows only the seed's keys: no per-account index entry.
     raw.hset(WS, "conn-f", json.dumps({"id": "conn-f", "account_id": A, "user_id": "u5",
                                        "node_id": "n", "extra": 1}))
-    raw.sadd(f"cal:account:{A}:agents:connected", "u5")
+    raw.sadd((K.account(A) + "agents:connected"), "u5")
     assert (await cache.get_connection("conn-f")).user_id == "u5"  # type: ignore[union-attr]
     assert await cache.remove_connected_agent(B, "conn-f") is False
     assert await cache.remove_connected_agent(A, "conn-f") is True
@@ -98,7 +99,7 @@ async def test_connection_record_written_by_another_service(
 
 
 async def test_status_connected_follows_connections(cache: CallableCache, raw: redis.Redis) -> None:
-    skey = f"cal:account:{A}:agent:status:u1"
+    skey = (K.account(A) + "agent:status:u1")
     await cache.set_agent_status(A, AgentStatus(user_id="u1", status=AgentState.AVAILABLE))
     doc = {"skills": {"connected": False}}  # a nested look-alike, first: not edited
     doc.update(json.loads(raw.get(skey)))
@@ -115,7 +116,7 @@ async def test_status_connected_follows_connections(cache: CallableCache, raw: r
     assert json.loads(raw.get(skey)) == {"connected": True, "user_id": "u1", "status": "busy"}
     # no status stored: none is invented
     await cache.add_connected_agent(A, "u7", "conn-7", "node-1")
-    assert raw.get(f"cal:account:{A}:agent:status:u7") is None
+    assert raw.get(K.account(A) + "agent:status:u7") is None
 
 
 async def test_remove_node_connections(cache: CallableCache, raw: redis.Redis) -> None:

@@ -186,11 +186,12 @@ def _route_none(args: Sequence[Any]) -> Any:
     return None
 
 
-#: Where a command's routing key is (default: the first argument).
+#: Where a command's routing key is (default: the first argument). PUBLISH goes to
+#: the channel's slot: an account channel's events then all leave from the node
+#: that runs that account's write scripts, so a subscriber gets them in order.
 _ROUTES: Final[dict[str, Callable[[Sequence[Any]], Any]]] = {
     "eval": _route_eval,
     "evalsha": _route_eval,
-    "publish": _route_none,
     "ping": _route_none,
     "info": _route_none,
     "script_load": _route_none,
