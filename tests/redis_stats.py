@@ -6,9 +6,9 @@ from typing import Any
 
 import redis
 
-# The sync subscriber's heartbeat (PING) and a test's own INFO/CONFIG calls are not
-# I/O of the operation under test.
-IGNORED = ("cmdstat_info", "cmdstat_config", "cmdstat_ping")
+# The sync subscriber's heartbeat (PING), a test's own INFO/CONFIG calls and a
+# cluster client's CLUSTER SLOTS are not I/O of the operation under test.
+IGNORED = ("cmdstat_info", "cmdstat_config", "cmdstat_ping", "cmdstat_cluster")
 
 
 def reset_stats(raw: Any) -> None:
@@ -96,3 +96,20 @@ def numsub(raw: Any, channel: str) -> int:
             int(raw.get_redis_connection(n).pubsub_numsub(channel)[0][1]) for n in raw.get_nodes()
         )
     return int(raw.pubsub_numsub(channel)[0][1])
+
+
+def server_url(raw: Any, redis_url: str, key: str) -> str:
+    """A single-server URL of the server holding ``key`` (a cluster: its master)."""
+    if isinstance(raw, redis.RedisCluster):
+        node = raw.get_node_from_key(key)
+        return f"redis://{node.host}:{node.port}/0"
+    return redis_url
+
+
+def pause(raw: Any, ms: int) -> None:
+    """CLIENT PAUSE on the server, or on every node of a cluster."""
+    if isinstance(raw, redis.RedisCluster):
+        for node in raw.get_nodes():
+            raw.get_redis_connection(node).client_pause(ms)
+    else:
+        raw.client_pause(ms)

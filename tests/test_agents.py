@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from cal_redis import AgentState, AgentStatus, CallableCache, ValidationError
 from keyspace import K
-from redis_stats import assert_rejected_before_io, data_keys
+from redis_stats import assert_rejected_before_io, data_keys, server_url
 
 A = "acc1"
 P = K.account(A)
@@ -181,7 +181,7 @@ async def test_concurrent_flips_keep_sets_consistent(
 
     async def checker() -> None:
         nonlocal snapshots
-        client = aioredis.Redis.from_url(redis_url)
+        client = aioredis.Redis.from_url(server_url(raw, redis_url, P))
         try:
             while not done.is_set():
                 snap = await _snapshot(client)
@@ -196,7 +196,7 @@ async def test_concurrent_flips_keep_sets_consistent(
     done.set()
     await check
     assert snapshots > 0
-    client = aioredis.Redis.from_url(redis_url)
+    client = aioredis.Redis.from_url(server_url(raw, redis_url, P))
     try:
         doc, sets, name = await _snapshot(client)
     finally:

@@ -21,7 +21,7 @@ from cal_redis import (
 )
 from cal_redis.codec import decode_event
 from keyspace import K as KEYS
-from redis_stats import assert_rejected_before_io, calls, reset_stats, total_calls
+from redis_stats import assert_rejected_before_io, calls, pause, reset_stats, server_url, total_calls
 
 # Flow states are cache-first: each L1 implementation.
 pytestmark = pytest.mark.l1
@@ -78,10 +78,13 @@ async def test_foreign_fields_kept(cache: CallableCache, raw: redis.Redis) -> No
     assert doc["engine_rev"] == 7 and doc["state"] == "done"
 
 
-async def test_writes_publish_invalidation_events(make_cache: Any, redis_url: str) -> None:
+async def test_writes_publish_invalidation_events(
+    make_cache: Any, redis_url: str, raw: redis.Redis
+) -> None:
     a = await make_cache(CacheConfig(sync=False))
     b = await make_cache(CacheConfig(sync=False))
-    client = redis.Redis.from_url(redis_url)
+    # The node that runs the account's scripts (cluster pub/sub is also per node).
+    client = redis.Redis.from_url(server_url(raw, redis_url, KEYS.account(A) + "events"))
     pubsub = client.pubsub()
     pubsub.subscribe(KEYS.account(A) + "events")
     pubsub.get_message(timeout=1)  # subscribe confirmation
@@ -111,7 +114,7 @@ async def test_failed_write_leaves_l1_without_the_value(make_cache: Any, raw: re
     old = await cache.set_flow_state(A, FlowState(id="f1", state="old"))
     l1 = cache.local["flow_states"]
     assert l1.peek((A, "f1")) is old
-    raw.client_pause(400)  # the write times out: its outcome is unknown
+    pause(raw, 400)  # the write times out: its outcome is unknown
     with pytest.raises(ConnectionError):  # cal_redis.TimeoutError is a ConnectionError
         await cache.set_flow_state(A, FlowState(id="f1", state="new"))
     assert l1.peek((A, "f1")) is None

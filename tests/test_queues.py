@@ -14,7 +14,7 @@ from cal_redis import CacheConfig, CallableCache, QueueMeta, ValidationError
 from cal_redis import TimeoutError as CalTimeoutError
 from cal_redis.models import now_ms
 from keyspace import K
-from redis_stats import assert_rejected_before_io
+from redis_stats import assert_rejected_before_io, pause
 
 A = "acc1"
 Q = (K.account(A) + "queue:support")
@@ -93,7 +93,7 @@ async def test_blocking_pop_outlives_socket_timeout(make_cache: Any) -> None:
 
 async def test_blocking_pop_gives_up_on_a_silent_server(make_cache: Any, raw: redis.Redis) -> None:
     cache = await make_cache(CacheConfig(socket_timeout=0.1))
-    raw.client_pause(400)  # the server holds every client's commands
+    pause(raw, 400)  # the server holds every client's commands
     t0 = time.monotonic()
     with pytest.raises(CalTimeoutError):
         await cache.queue_pop_blocking(A, "support", 0.1)
