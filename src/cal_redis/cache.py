@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._context import Context
+from ._server_info import check_server_version
 from .api.account_data import AccountDataOps
 from .api.agents import AgentOps
 from .api.cache_first import ACCOUNT, DEVICE, PROXY, REGION, USER, CacheFirstOps
@@ -106,7 +107,9 @@ class CallableCache(
     async def connect(cls, url: str | None = None, *, config: CacheConfig | None = None) -> CallableCache:
         """Connect to Redis at ``url`` (default: ``$CAL_VALKEY_HOST``) and check it answers.
 
-        Raises :class:`~cal_redis.errors.ConfigurationError` when no URL is known and
+        Raises :class:`~cal_redis.errors.ConfigurationError` when no URL is known or the
+        server is older than the library supports (Redis 7.0, Valkey 8.0; see
+        docs/configuration.md, "Servers"), and
         :class:`~cal_redis.errors.ConnectionError` when Redis cannot be reached.
         """
         configure_logging()
@@ -116,6 +119,7 @@ class CallableCache(
         self = cls(remote, config)
         try:
             await remote.ping()
+            check_server_version(await remote.server_info(), remote.safe_url)
             if config.sync:
                 await self._sync.start(
                     apply_l1=True, wait=config.connect_timeout + config.socket_timeout
