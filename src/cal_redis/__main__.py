@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from . import __version__
 from ._fast import EXTENSION_ACTIVE, L1_REASON
 from ._fmt import fmt_time as _fmt
-from ._server_info import MIN_SERVER_VERSIONS
+from ._server_info import supported_servers
 from .cache import CallableCache
 from .config import resolve_url
 from .embedded import EmbeddedRedis, find_server_binary
@@ -137,10 +137,6 @@ async def _run_demo(url: str | None, n_users: int) -> None:
         await _demo(cache, n_users)
 
 
-def _supported() -> str:
-    return ", ".join(f"{n.capitalize()} {a}.{b}+" for n, (a, b) in MIN_SERVER_VERSIONS.items())
-
-
 async def _doctor(url: str | None, embedded: bool) -> int:
     """Print the installation's state; 0 when healthy, 1 when the server is unreachable
     or unsupported, 2 when no server is configured (and ``--embedded`` not given)."""
@@ -167,7 +163,7 @@ async def _doctor(url: str | None, embedded: bool) -> int:
                 return 2
         async with await CallableCache.connect(url) as cache:
             version = await cache.remote.server_version()
-            print(f"redis server     {version} at {cache.remote.safe_url} (supported: {_supported()})")
+            print(f"redis server     {version} at {cache.remote.safe_url} (supported: {supported_servers()})")
     except ConfigurationError as err:
         print(f"redis server     UNSUPPORTED: {err}")
         return 1

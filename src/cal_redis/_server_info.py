@@ -8,7 +8,13 @@ from collections.abc import Mapping
 
 from .errors import ConfigurationError
 
-__all__ = ("MIN_SERVER_VERSIONS", "check_server_version", "describe_server", "server_version")
+__all__ = (
+    "MIN_SERVER_VERSIONS",
+    "check_server_version",
+    "describe_server",
+    "server_version",
+    "supported_servers",
+)
 
 #: The oldest server of each name this library supports, as (major, minor): Redis 7.0
 #: and Valkey 8.0 (CI runs the suite on Redis 7.0 and Valkey 9). The library itself
@@ -50,6 +56,11 @@ def server_version(info: Mapping[str, object]) -> tuple[str, tuple[int, int] | N
     return name, (int(match[1]), int(match[2])) if match else None
 
 
+def supported_servers() -> str:
+    """The minimums in words: ``"Redis 7.0+, Valkey 8.0+"``."""
+    return ", ".join(f"{n.capitalize()} {a}.{b}+" for n, (a, b) in MIN_SERVER_VERSIONS.items())
+
+
 def check_server_version(info: Mapping[str, object], where: str) -> None:
     """Raise :class:`~cal_redis.errors.ConfigurationError` when the server described by
     ``info`` (its ``INFO server`` section) is older than :data:`MIN_SERVER_VERSIONS`.
@@ -61,9 +72,8 @@ def check_server_version(info: Mapping[str, object], where: str) -> None:
     floor = MIN_SERVER_VERSIONS[name]
     if version is None or version >= floor:
         return
-    supported = ", ".join(f"{n.capitalize()} {a}.{b}+" for n, (a, b) in MIN_SERVER_VERSIONS.items())
     raise ConfigurationError(
         f"the server at {where} is {describe_server(info)}, older than cal-redis supports "
-        f"({supported}; docs/configuration.md, \"Servers\"): upgrade it, or point the "
+        f"({supported_servers()}; docs/configuration.md, \"Servers\"): upgrade it, or point the "
         "cache at a newer one"
     )
