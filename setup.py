@@ -53,7 +53,20 @@ def extensions() -> list:  # type: ignore[type-arg]
         return []
     from setuptools import Extension
 
-    exts = [Extension("cal_redis._fast._lru_c", ["src/cal_redis/_fast/_lru_c.pyx"])]
+    # Linux: link the module stripped. CPython's CFLAGS carry -g, so an unstripped
+    # module holds about 600 kB of debug info and symbols the import never reads
+    # (728 kB unstripped, 112 kB stripped on x86_64); only its PyInit_ entry point,
+    # a dynamic symbol, must stay, and stripping keeps it. Elsewhere nothing to strip:
+    # macOS's linker leaves debug info in the object files, and MSVC release builds
+    # link none.
+    link_args = ["-Wl,--strip-all"] if sys.platform.startswith("linux") else []
+    exts = [
+        Extension(
+            "cal_redis._fast._lru_c",
+            ["src/cal_redis/_fast/_lru_c.pyx"],
+            extra_link_args=link_args,
+        )
+    ]
     return cythonize(
         exts,
         build_dir="build/cython",  # generated C stays out of the package (and the wheel)

@@ -1,4 +1,10 @@
-"""``python -m cal_redis``: demo, doctor (and bench, see docs/benchmarks.md)."""
+"""``python -m cal_redis``: demo, doctor (and bench, see docs/benchmarks.md).
+
+``--version`` prints the version; ``doctor`` exits 0 when the installation and the
+server it reaches are healthy, 1 when the server is unreachable or unsupported, and 2
+when no server is configured (no ``--url``, no ``$CAL_VALKEY_HOST``) and ``--embedded``
+was not asked for.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from . import __version__
-from ._fast import EXTENSION_ACTIVE
+from ._fast import EXTENSION_ACTIVE, L1_REASON
 from ._fmt import fmt_time as _fmt
+from ._server_info import supported_servers
 from .cache import CallableCache
-from .embedded import EmbeddedRedis
-from .errors import CalRedisError
+from .config import resolve_url
+from .embedded import EmbeddedRedis, find_server_binary
+from .errors import CalRedisError, ConfigurationError
 from .models import Account, Device, Region, User, now_ms
 from .remote import REDIS_PY_VERSION, hiredis_available, hiredis_packs_commands
 
@@ -124,33 +132,41 @@ async def _run_demo(url: str | None, n_users: int) -> None:
         async with await CallableCache.connect(url) as cache:
             await _demo(cache, n_users)
         return
-    print("starting a private redis-server ...")
+    print(f"starting a private server: {find_server_binary()} ...")
     async with CallableCache.embedded() as cache:
         await _demo(cache, n_users)
 
 
-async def _doctor(url: str | None) -> int:
+async def _doctor(url: str | None, embedded: bool) -> int:
+    """Print the installation's state; 0 when healthy, 1 when the server is unreachable
+    or unsupported, 2 when no server is configured (and ``--embedded`` not given)."""
     print(f"cal-redis        {__version__}")
     print(f"python           {sys.version.split()[0]}")
     print(f"L1 extension     {'active (Cython)' if EXTENSION_ACTIVE else 'INACTIVE (pure Python)'}")
+    print(f"L1 reason        {L1_REASON}")
     print(f"hiredis parser   {'yes' if hiredis_available() else 'NO (pip install hiredis)'}")
     packed = hiredis_packs_commands()
     print(f"command packing  {'hiredis' if packed else 'redis-py (Python; pip install hiredis)'}")
     print(f"redis-py         {REDIS_PY_VERSION}")
     server: EmbeddedRedis | None = None
     try:
-        if not url:
+        if embedded:
+            server = EmbeddedRedis().start()
+            url = server.url
+            print(f"redis url        (--embedded) a private server: {find_server_binary()}")
+        elif not url:
             try:
-                from .config import resolve_url
-
                 url = resolve_url(None)
-            except CalRedisError:
-                server = EmbeddedRedis().start()
-                url = server.url
-                print("redis url        (none configured: started an embedded redis-server)")
+            except ConfigurationError as err:
+                print(f"redis server     NOT CONFIGURED: {err}; or pass --url URL, or "
+                      "--embedded to check against a private server started for the check")
+                return 2
         async with await CallableCache.connect(url) as cache:
             version = await cache.remote.server_version()
-            print(f"redis server     {version} at {cache.remote.safe_url}")
+            print(f"redis server     {version} at {cache.remote.safe_url} (supported: {supported_servers()})")
+    except ConfigurationError as err:
+        print(f"redis server     UNSUPPORTED: {err}")
+        return 1
     except CalRedisError as err:
         print(f"redis server     UNREACHABLE: {err}")
         return 1
@@ -160,15 +176,39 @@ async def _doctor(url: str | None) -> int:
     return 0
 
 
+_DESCRIPTION = (
+    "cal-redis command line: a demo of the cache, a check of this installation and the "
+    "server it reaches (doctor), and the benchmark beside the raw redis-py client (bench)."
+)
+_DOCTOR_HELP = (
+    "Print the cal-redis and Python versions, which L1 is active and why, whether "
+    "hiredis parses replies and packs commands, and the server reached: the one of "
+    "--url, else of $CAL_VALKEY_HOST; with --embedded, a private server started for the "
+    "check. Exit status: 0 healthy; 1 server unreachable or older than supported; 2 no "
+    "server configured."
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cal_redis`` / ``cal-redis``."""
-    parser = argparse.ArgumentParser(prog="python -m cal_redis", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cal_redis", description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"cal-redis {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="write platform data and read it through L1/L2")
-    p_demo.add_argument("--url", help="use this Redis instead of an embedded one")
+    p_demo = sub.add_parser(
+        "demo", help="write platform data and read it through L1/L2",
+        description="Write platform data and read it through L1 and L2, with timings; "
+        "without --url on a private server started for the demo.",
+    )
+    p_demo.add_argument("--url", help="use this Redis instead of a private one")
     p_demo.add_argument("--users", type=int, default=100, help="users to write (default 100)")
-    p_doc = sub.add_parser("doctor", help="print versions, extension and server status")
-    p_doc.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST, else embedded)")
+    p_doc = sub.add_parser(
+        "doctor", help="print versions, the active L1 and the server's status",
+        description=_DOCTOR_HELP,
+    )
+    where = p_doc.add_mutually_exclusive_group()
+    where.add_argument("--url", help="the Redis URL to check (default: $CAL_VALKEY_HOST)")
+    where.add_argument("--embedded", action="store_true",
+                       help="check against a private server started for the check")
     # The bench's options belong to cal_redis.bench (`bench --help`), which is imported
     # only when the subcommand runs; everything after "bench" is handed to it.
     sub.add_parser(
@@ -183,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_run_demo(args.url, max(1, args.users)))
             return 0
         if args.command == "doctor":
-            return asyncio.run(_doctor(args.url))
+            return asyncio.run(_doctor(args.url, args.embedded))
         if args.command == "bench":
             from .bench import main as bench_main
 

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._context import Context
+from ._server_info import check_server_version
 from .api.account_data import AccountDataOps
 from .api.agents import AgentOps
 from .api.cache_first import ACCOUNT, DEVICE, PROXY, REGION, USER, CacheFirstOps
@@ -116,13 +117,16 @@ class CallableCache(
         :mod:`cal_redis.layout`).
 
         Raises :class:`~cal_redis.errors.ConfigurationError` when no URL is known, the
-        topology or key style does not match the server's, and
+        server is older than the library supports (Redis 7.0, Valkey 8.0; see
+        docs/configuration.md, "Servers"), or the topology or key style does not match
+        the server's, and
         :class:`~cal_redis.errors.ConnectionError` when Redis cannot be reached.
         """
         configure_logging()
         config = config or CacheConfig()
         remote = await open_remote(resolve_url(url), config)
         try:
+            check_server_version(await remote.server_info(), remote.safe_url)
             if remote.is_cluster and config.cluster is False:
                 raise ConfigurationError(
                     f"{remote.safe_url} is a Redis Cluster but CacheConfig(cluster=False) "

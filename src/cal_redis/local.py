@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
-from ._fast import EXTENSION_ACTIVE, LRUCache
+from ._fast import EXTENSION_ACTIVE, LRUCache, warn_if_unexpectedly_pure
 from .config import CacheConfig
 
 __all__ = ("LocalTier",)
@@ -33,6 +33,7 @@ class LocalTier:
 
     def __init__(self, config: CacheConfig, namespaces: Iterable[str]) -> None:
         self.implementation = "cython" if EXTENSION_ACTIVE else "python"
+        warn_if_unexpectedly_pure()  # once per process, from the first cache made
         self._caches: dict[str, LRUCache] = {}
         self._base: dict[str, int] = {}
         self._per_byte: dict[str, float] = {}
