@@ -65,6 +65,7 @@ class Counters:
         "applied",
         "disconnects",
         "echoes",
+        "flushes",
         "malformed",
         "received",
         "reconnects",
@@ -75,6 +76,7 @@ class Counters:
     def __init__(self) -> None:
         self.received = self.applied = self.echoes = self.superseded = 0
         self.unknown = self.malformed = self.disconnects = self.reconnects = 0
+        self.flushes = 0
 
 
 class _LogLimiter:
@@ -162,6 +164,14 @@ class Dispatcher:
             log.warning("event subscription restored; L1 in use again")
         else:
             log.debug("subscribed to events (instance %s)", self._ctx.instance_id)
+
+    def flush(self, reason: str) -> None:
+        """L1 may hold what Redis lost (a cluster failover): flush it, and fence out
+        every fill and own write in flight, without closing the gate."""
+        if self.apply_l1:
+            self._flush()
+        self.counters.flushes += 1
+        log.warning("L1 flushed: %s", reason)
 
     def stopped(self) -> None:
         """The cache closed: L1 is flushed and never filled again."""

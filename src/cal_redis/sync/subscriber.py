@@ -69,6 +69,8 @@ class SyncState:
     disconnects: int = 0
     #: Successful re-subscriptions after a loss.
     reconnects: int = 0
+    #: L1 flushes while subscribed (a Redis Cluster failover or slot map change).
+    flushes: int = 0
     #: Events dropped because an app subscriber's queue was full.
     app_overflow: int = 0
     #: App subscriptions (:meth:`SyncOps.events`) currently open.
@@ -101,6 +103,7 @@ class Subscriber:
         self._since = now_ms()
         self._last_event_at: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
         self._stopped = False
         self._pool: Any = None
@@ -151,15 +154,22 @@ class Subscriber:
             self.dispatcher.degraded(None)
         self._pool = ctx.remote.pubsub_pool("cal-redis-sync-" + ctx.instance_id[:12])
         self._ready = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"cal-redis-sync-{ctx.instance_id[:8]}"
-        )
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"cal-redis-sync-{ctx.instance_id[:8]}")
+        if ctx.remote.is_cluster:
+            self._watch_task = loop.create_task(
+                self._watch_cluster(), name=f"cal-redis-topology-{ctx.instance_id[:8]}"
+            )
 
     async def stop(self) -> None:
         """Stop the task, close the connection and end every app stream (idempotent)."""
         if self._stopped:
             return
         self._stopped = True
+        watch, self._watch_task = self._watch_task, None
+        if watch is not None:
+            watch.cancel()
+            await asyncio.wait({watch})
         task, self._task = self._task, None
         if task is not None:
             # Python < 3.12 can swallow a cancellation that races with a completing
@@ -209,6 +219,7 @@ class Subscriber:
             malformed=c.malformed,
             disconnects=c.disconnects,
             reconnects=c.reconnects,
+            flushes=c.flushes,
             app_overflow=self.hub.overflow,
             app_streams=self.hub.open_streams,
         )
@@ -308,6 +319,23 @@ class Subscriber:
                     next_ping = now + interval
         finally:
             await conn.disconnect(nowait=True)
+
+    async def _watch_cluster(self) -> None:
+        """On a Redis Cluster, read the slot map every heartbeat interval; after a
+        failover (a new epoch) or any change of masters, flush L1: the failover may
+        have lost acknowledged writes that L1 still holds, and this instance's
+        subscriber may sit on a healthy node that saw nothing of it."""
+        remote: Any = self._ctx.remote
+        interval = self._ctx.config.heartbeat_interval
+        while not self._stopped:
+            try:
+                reason = await remote.topology_changed()
+            except CalRedisError as err:
+                log.debug("cluster slot map not read: %s", err)
+                reason = None
+            if reason is not None and self._state == "connected":
+                self.dispatcher.flush(f"Redis Cluster topology changed ({reason})")
+            await asyncio.sleep(interval)
 
     # -- replies -------------------------------------------------------------------------
     def _on_reply(self, resp: Any) -> None:
