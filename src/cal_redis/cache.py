@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from . import metrics
 from ._context import Context
 from .api.account_data import AccountDataOps
 from .api.agents import AgentOps
@@ -75,6 +76,8 @@ class CallableCache(
             ctx, hub := Hub(), {e.spec.kind: (e, e.spec.scoped) for e in self._engines}
         )
         self._sync = Subscriber(ctx, dispatcher, hub)
+        #: What this cache's metrics are read from (cal_redis.metrics).
+        self._metrics = metrics.Sources(config, ctx.local, remote, dispatcher, hub, self._engines)
 
     # -- what the parts share, read-only for operators and tests ---------------------------
     @property
@@ -124,6 +127,7 @@ class CallableCache(
             await self._sync.stop()
             await remote.close()
             raise
+        metrics.attach(self._metrics)
         log.debug("connected to %s (instance %s)", remote.safe_url, self.instance_id)
         return self
 
@@ -153,6 +157,7 @@ class CallableCache(
         """
         if self._ctx.remote.closed and self._sync.stopped:
             return
+        metrics.detach(self._metrics)
         try:
             await self._sync.stop()
         finally:
