@@ -211,16 +211,25 @@ def _machine(server_version: str) -> dict[str, str]:
 Progress = Callable[[str], None]
 
 
-async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, Any]:
-    """Run every scenario against the Redis at ``url``; return the report as a dict."""
+async def run_bench(
+    url: str, *, quick: bool, progress: Progress, metrics: bool = False
+) -> dict[str, Any]:
+    """Run every scenario against the Redis at ``url``; return the report as a dict.
+
+    ``metrics``: the L1-hit rows are also measured on a second cache whose metrics an
+    OpenTelemetry SDK meter provider records (the ``prometheus`` extra), beside the
+    first, which has none."""
     t_start = time.perf_counter()
-    cache = await CallableCache.connect(url, config=BENCH_CONFIG)
+    cache = await CallableCache.connect(url, config=replace(BENCH_CONFIG, metrics=False))
     stock = None
+    metered = reader = None
     try:
         await cache.redis_connection().flushdb()
         ids = await seed_users(cache, N_USERS)
         stock = stock_client(url)
-        scenarios = cache_scenarios(cache, ids, stock) + ops_scenarios(cache, stock)
+        if metrics:
+            metered, reader = await _metered_cache(url)
+        scenarios = cache_scenarios(cache, ids, stock, metered) + ops_scenarios(cache, stock)
         total = len(scenarios) + 3  # + event propagation, concurrent writers, concurrency
         results: list[Result] = []
         for i, sc in enumerate(scenarios, 1):
@@ -231,9 +240,13 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
                                        sc.warmup, sc.side_n, sc.side_every)
             trips = {name: await count_round_trips(side) for name, side in sc.sides.items()}
             results.extend(_results(sc, samples, trips))
+        if metered is not None:
+            results = _check_metered(results, metered, reader)
         info = await cache.redis_connection().info("server")
         machine = _machine(describe_server(info))
     finally:
+        if metered is not None:
+            await metered.close()
         if stock is not None:
             await stock.aclose()
         # Closed before the next stages: its subscriber would handle their events.
@@ -274,6 +287,38 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
         "passed": (all(r.passed for r in results) and all(t.passed for t in throughput)
                    and all(c.passed for c in checks)),
     }
+
+
+async def _metered_cache(url: str) -> tuple[CallableCache, Any]:
+    """A cache on ``url`` recording its metrics on an SDK meter provider whose reader
+    collects on demand (as a Prometheus scrape would), and that reader."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    except ImportError:
+        raise SystemExit("bench --metrics needs the OpenTelemetry SDK: "
+                         "pip install 'cal-redis[prometheus]'") from None
+    reader = InMemoryMetricReader()
+    config = replace(BENCH_CONFIG, meter_provider=MeterProvider(metric_readers=[reader]))
+    cache = await CallableCache.connect(url, config=config)
+    assert cache.remote.observer is not None, "the meter provider was not used"
+    return cache, reader
+
+
+def _check_metered(results: list[Result], metered: CallableCache, reader: Any) -> list[Result]:
+    """The metered rows' exact check: the hits the provider collects are the L1's own."""
+    want = metered.local["users"].hits
+    got = None
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name == "cal_redis.l1.hits":
+                    got = sum(p.value for p in m.data.data_points
+                              if dict(p.attributes).get("cal_redis.namespace") == "users")
+    if got == want:
+        return results
+    problem = f"the meter provider collected {got} L1 hits of users, the L1 counted {want}"
+    return [replace(r, problem=problem) if "metrics" in r.key else r for r in results]
 
 
 @dataclass(frozen=True)

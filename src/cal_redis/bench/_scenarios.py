@@ -64,6 +64,8 @@ L1_BLOCK = 1000
 #: Blocks per side of the L1 rows (quick, full), ours and the baseline alternating
 #: block by block; the gated ratio is of the fastest block of each side.
 L1_ROUNDS = (2000, 10000)
+#: Gate of an L1 hit of a cache with a meter provider against one without (``--metrics``).
+METRICS_GATE = 1.25
 
 
 @dataclass(frozen=True)
@@ -151,11 +153,16 @@ def _cycle(ids: list[str]) -> Callable[[], str]:
 
 
 def cache_scenarios(
-    cache: CallableCache, ids: list[str], stock: aioredis.Redis
+    cache: CallableCache, ids: list[str], stock: aioredis.Redis,
+    metered: CallableCache | None = None,
 ) -> list[Scenario]:
-    """The cache-level scenarios over ``ids`` (already in Redis); ``stock``: the baseline client."""
+    """The cache-level scenarios over ``ids`` (already in Redis); ``stock``: the baseline
+    client. ``metered``: a second cache on the same Redis whose metrics a meter provider
+    records; the L1-hit scenarios then time its hits too (side ``metrics``), beside
+    ``cache``'s (which has no provider), in the same rounds."""
     client = cache.redis_connection()
     l1 = cache.local["users"]
+    ml1 = metered.local["users"] if metered is not None else None
     dec = msgspec.json.Decoder(User).decode
     shuffled = ids[:]
     random.Random(7).shuffle(shuffled)
@@ -165,10 +172,13 @@ def cache_scenarios(
     nxt_block = _cycle([str(i) for i in range(len(blocks))])
 
     async def fill_l1() -> None:
-        l1.invalidate_all()
-        for u in ids:
-            await cache.get_user_by_id(u)
-        assert len(l1) == len(ids), "L1 budget too small for the hot set"
+        for c in (cache, metered):
+            if c is None:
+                continue
+            c.local["users"].invalidate_all()
+            for u in ids:
+                await c.get_user_by_id(u)
+            assert len(c.local["users"]) == len(ids), "L1 budget too small for the hot set"
 
     # -- L1 hit, sync: lru.get vs dict.get ----------------------------------------------
     def block_sync(get: Callable[[str], object]) -> Side:
@@ -304,23 +314,38 @@ def cache_scenarios(
     l2_seed = (1e-3, 5e-3)
     miss_seed = (2e-3, 10e-3)
     l1_seed = (1e-6, 1e-6)
+    sync_sides: dict[str, Side] = {"ours": block_sync(l1.get), "dict": block_sync(plain.get)}
+    sync_rows = [Row("l1_sync", "L1 hit: lru.get(k)", "ours", "dict",
+                     "dict.get on the same 10,000 str keys", 1.75, gate_py=8.25,
+                     seed=l1_seed, seed_text="~0.001 ms", stat="min")]
+    async_sides: dict[str, Side] = {"ours": block_async(cache.get_user_by_id),
+                                    "bare": block_async(bare)}
+    async_rows = [Row("l1_async", "L1 hit: await get_user_by_id", "ours", "bare",
+                      "await f(k) where f returns dict.get(k)", 1.75, goal=2.5, gate_py=3.65,
+                      seed=l1_seed, seed_text="~0.001 ms", stat="min")]
+    if metered is not None and ml1 is not None:
+        # The same rows on the metered cache (same gates), and its hits against the
+        # unmetered cache's: what a meter provider costs an L1 hit.
+        sync_sides["metrics"] = block_sync(ml1.get)
+        sync_rows += [
+            Row("l1_sync_metrics", "  same, meter provider installed", "metrics", "dict",
+                "dict.get on the same 10,000 str keys", 1.75, gate_py=8.25, stat="min"),
+            Row("l1_sync_metrics_ratio", "  meter provider / none", "metrics", "ours",
+                "lru.get(k) of a cache without a meter provider", METRICS_GATE, stat="min"),
+        ]
+        async_sides["metrics"] = block_async(metered.get_user_by_id)
+        async_rows += [
+            Row("l1_async_metrics", "  same, meter provider installed", "metrics", "bare",
+                "await f(k) where f returns dict.get(k)", 1.75, gate_py=3.65, stat="min"),
+            Row("l1_async_metrics_ratio", "  meter provider / none", "metrics", "ours",
+                "get_user_by_id of a cache without a meter provider", METRICS_GATE,
+                stat="min"),
+        ]
     return [
-        Scenario(
-            "L1 hit, sync LRU",
-            {"ours": block_sync(l1.get), "dict": block_sync(plain.get)},
-            [Row("l1_sync", "L1 hit: lru.get(k)", "ours", "dict",
-                 "dict.get on the same 10,000 str keys", 1.75, gate_py=8.25,
-                 seed=l1_seed, seed_text="~0.001 ms", stat="min")],
-            rounds=L1_ROUNDS, per_round=1, warmup=20, prepare=fill_l1,
-        ),
-        Scenario(
-            "L1 hit, async API",
-            {"ours": block_async(cache.get_user_by_id), "bare": block_async(bare)},
-            [Row("l1_async", "L1 hit: await get_user_by_id", "ours", "bare",
-                 "await f(k) where f returns dict.get(k)", 1.75, goal=2.5, gate_py=3.65,
-                 seed=l1_seed, seed_text="~0.001 ms", stat="min")],
-            rounds=L1_ROUNDS, per_round=1, warmup=20, prepare=fill_l1,
-        ),
+        Scenario("L1 hit, sync LRU", sync_sides, sync_rows,
+                 rounds=L1_ROUNDS, per_round=1, warmup=20, prepare=fill_l1),
+        Scenario("L1 hit, async API", async_sides, async_rows,
+                 rounds=L1_ROUNDS, per_round=1, warmup=20, prepare=fill_l1),
         Scenario(
             "L1 miss, L2 hit",
             {"ours": ours_l2, "stock": stock_l2, "raw": raw_l2},
