@@ -67,7 +67,7 @@ async def test_inspect_counts_keys_fields_and_memory(make_cache: Factory, raw: r
                               "keys": 0, "fields": 0, "memory": 0, "estimated": False,
                               "sampled": 0}
     ch = report["channels"]
-    assert ch["cal:events"] == 1 and ch["pattern_subscriptions"] == 1
+    assert ch["cal:events"] == 1 and ch["patterns_subscribed"] == 1
     assert ch["caches_subscribed"] == 1
     await make_cache()
     assert (await inspect(cache.remote.url))["channels"]["caches_subscribed"] == 2

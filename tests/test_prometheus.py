@@ -182,3 +182,23 @@ def test_a_busy_port_is_a_configuration_error(endpoint: metrics.PrometheusEndpoi
         s.listen()
         with pytest.raises(ConfigurationError, match="cannot serve metrics"):
             metrics.serve_prometheus(port=s.getsockname()[1])
+
+
+async def test_every_metric_is_exposed(redis_url: str, endpoint: metrics.PrometheusEndpoint) -> None:
+    """The endpoint's page names every metric of the table, as docs/observability.md
+    says the exporter names them."""
+    cache = await CallableCache.connect(redis_url)
+    writer = await CallableCache.connect(redis_url, config=CacheConfig(metrics=False))
+    try:
+        await writer.set_user(User(id="u1"))
+        await until(lambda: cache.sync_state.applied >= 1, what="event applied")
+        await cache.get_users_batch(["u1", "u2"])
+        page = (await asyncio.to_thread(_get, endpoint.url)).decode()
+    finally:
+        await writer.close()
+        await cache.close()
+    exposed = {line.split("{")[0].split(" ")[0] for line in page.splitlines()
+               if line and not line.startswith("#")}
+    for m in metrics.METRICS:
+        want = m.prometheus + ("_bucket" if m.instrument == "histogram" else "")
+        assert want in exposed, m.name

@@ -235,7 +235,7 @@ async def _channels(cache: CallableCache, keys: KeyBuilder) -> dict[str, Any]:
                      and int(c.get("psub", 0)) > 0)
     return {
         keys.EVENTS: int(numsub[0][1]) if numsub else 0,
-        "pattern_subscriptions": int(numpat),
+        "patterns_subscribed": int(numpat),
         "pattern": keys.account_events_pattern(),
         "account_channels_subscribed": len(account_channels),
         "caches_subscribed": caches,
@@ -279,8 +279,8 @@ def format_inspect(report: dict[str, Any]) -> str:
         "",
         "channels",
         f"  {'cal:events subscribers (SUBSCRIBE)':<56}{ch['cal:events']:>6}",
-        f"  {'pattern subscriptions, all patterns (PSUBSCRIBE)':<56}"
-        f"{ch['pattern_subscriptions']:>6}",
+        f"  {'distinct patterns subscribed, any client (NUMPAT)':<56}"
+        f"{ch['patterns_subscribed']:>6}",
         f"  {'account channels with SUBSCRIBE subscribers':<56}"
         f"{ch['account_channels_subscribed']:>6}",
         f"  {'cal-redis caches subscribed (' + SYNC_CLIENT_PREFIX + '* clients)':<56}{caches:>6}",
