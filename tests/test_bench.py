@@ -114,19 +114,26 @@ async def test_concurrent_writers_count_writes_and_failures(redis_url: str, writ
 
 
 async def test_metered_l1_rows(redis_url: str) -> None:
-    """``bench --metrics``: the L1-hit scenarios get a side on a cache with a meter
-    provider, rows against the baselines and against the unmetered cache, and an exact
-    check that the provider really collected that cache's hits."""
+    """``bench --metrics``: the L1-hit scenarios get a side that times the same hits with
+    a meter provider recording the cache (bound for its blocks only), rows against the
+    baselines and against the same hits without it, and an exact check that the
+    provider collected the L1's hit count."""
     from cal_redis import CallableCache
-    from cal_redis.bench._runner import _check_metered, _metered_cache, _results
-    from cal_redis.bench._scenarios import METRICS_GATE, cache_scenarios, seed_users, stock_client
+    from cal_redis.bench._runner import _check_metered, _results
+    from cal_redis.bench._scenarios import (
+        METRICS_GATE,
+        Metering,
+        cache_scenarios,
+        seed_users,
+        stock_client,
+    )
 
     cache = await CallableCache.connect(redis_url)
-    metered, reader = await _metered_cache(redis_url)
+    metering = Metering(cache)
     stock = stock_client(redis_url)
     try:
         ids = await seed_users(cache, 50)
-        l1_sync, l1_async = cache_scenarios(cache, ids, stock, metered)[:2]
+        l1_sync, l1_async = cache_scenarios(cache, ids, stock, metering)[:2]
         assert set(l1_sync.sides) == {"ours", "dict", "metrics"}
         keys = [r.key for r in l1_async.rows]
         assert keys == ["l1_async", "l1_async_metrics", "l1_async_metrics_ratio"]
@@ -137,16 +144,14 @@ async def test_metered_l1_rows(redis_url: str) -> None:
             assert sc.prepare is not None
             await sc.prepare()
             samples = await interleave(sc.sides, rounds=2, per_round=1, warmup=0)
+            assert cache.remote.observer is None  # bound only during the metered blocks
             results += _results(sc, samples, dict.fromkeys(sc.sides, 0))
-        assert [r.problem for r in _check_metered(results, metered, reader)] == [""] * 6
-        metered.local["users"].get(ids[0])  # one more hit: collected by the next check
-        assert not any(r.problem for r in _check_metered(results, metered, reader))
-        for _ in range(7):
-            cache.local["users"].get(ids[0])
-        checked = _check_metered(results, cache, reader)  # another cache's hits: wrong
+        assert metering.hits_recorded >= 2 * 2 * 50
+        assert [r.problem for r in _check_metered(results, metering)] == [""] * 6
+        metering.hits_recorded += 1  # the provider did not see that one
+        checked = _check_metered(results, metering)
         assert [bool(r.problem) for r in checked] == ["metrics" in r.key for r in results]
         assert len(cache_scenarios(cache, ids, stock)[0].rows) == 1  # without --metrics
     finally:
         await stock.aclose()
-        await metered.close()
         await cache.close()

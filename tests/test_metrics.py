@@ -307,3 +307,22 @@ def test_the_metric_table() -> None:
         assert (m.read is None) == (m.instrument == "histogram"), m.name
         assert m.name.startswith(("cal_redis.", "db.client.")), m.name
     assert metrics.METRICS[0].prometheus == "cal_redis_l1_hits_total"
+
+
+async def test_recorded_again_continues_its_counts(make_cache: Factory) -> None:
+    """Unbound and bound again to one provider (as bench --metrics does block by block),
+    a cache's counters continue from its own counts, never added twice."""
+    from cal_redis import _otel
+
+    config, reader = metered()
+    cache = await make_cache(config)
+    await cache.set_user(User(id="u1"))
+    binding = cache._metrics.binding
+    assert binding is _otel.binding(config.meter_provider)
+    for _ in range(3):
+        binding.remove(cache._metrics)
+        for _ in range(4):
+            await cache.get_user_by_id("u1")  # unrecorded hits: still the L1's count
+        binding.add(cache._metrics)
+        assert value(collect(reader), "cal_redis.l1.hits", **ns("users")) == \
+            cache.local["users"].hits

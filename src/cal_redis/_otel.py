@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -127,8 +128,13 @@ class Binding:
         meter = provider.get_meter("cal_redis", __version__)
         self._lock = threading.Lock()
         self._caches: list[CacheMetrics] = []
-        #: metric -> attributes -> the final counts of caches that closed.
+        #: metric -> attributes -> the final counts of caches no longer recorded.
         self._retired: dict[str, dict[Attrs, float]] = {}
+        #: What each of those caches put into ``_retired`` and its counter state, so a
+        #: cache recorded again continues its own counts instead of adding them twice.
+        self._gone: weakref.WeakKeyDictionary[
+            Sources, tuple[CacheMetrics, dict[tuple[str, Attrs], float]]
+        ] = weakref.WeakKeyDictionary()
         self._counters = tuple(m for m in METRICS if m.instrument == "counter")
         hist: dict[str, Histogram] = {}
         for m in METRICS:
@@ -168,6 +174,12 @@ class Binding:
         """Record ``sources``' cache on this provider from now on."""
         cm = CacheMetrics(sources, self._duration, self._batch, self._lag)
         with self._lock:
+            gone = self._gone.pop(sources, None)
+            if gone is not None:  # recorded before: take its part out of the totals
+                old, parts = gone
+                cm.mono = old.mono
+                for (name, attrs), value in parts.items():
+                    self._retired[name][attrs] -= value
             self._caches.append(cm)
         sources.binding = self
         sources.remote.observer = cm
@@ -180,11 +192,15 @@ class Binding:
             found = [cm for cm in self._caches if cm.sources is sources]
             for cm in found:
                 self._caches.remove(cm)
+                parts: dict[tuple[str, Attrs], float] = {}
                 for m in self._counters:
                     assert m.read is not None
                     retired = self._retired.setdefault(m.name, {})
                     for attrs, value in m.read(sources):
-                        retired[attrs] = retired.get(attrs, 0) + cm.monotonic(m.name, attrs, value)
+                        final = cm.monotonic(m.name, attrs, value)
+                        retired[attrs] = retired.get(attrs, 0) + final
+                        parts[m.name, attrs] = final
+                self._gone[sources] = (cm, parts)
         self._unhook(sources)
 
     def close(self) -> list[Sources]:

@@ -26,6 +26,7 @@ from ._propagation import measure_propagation
 from ._scenarios import (
     BENCH_CONFIG,
     N_USERS,
+    Metering,
     Scenario,
     Side,
     cache_scenarios,
@@ -216,20 +217,20 @@ async def run_bench(
 ) -> dict[str, Any]:
     """Run every scenario against the Redis at ``url``; return the report as a dict.
 
-    ``metrics``: the L1-hit rows are also measured on a second cache whose metrics an
-    OpenTelemetry SDK meter provider records (the ``prometheus`` extra), beside the
-    first, which has none."""
+    ``metrics``: the L1-hit rows are also measured with an OpenTelemetry SDK meter
+    provider recording the cache's metrics (the ``prometheus`` extra), beside the same
+    hits without one (see :class:`~._scenarios.Metering`)."""
     t_start = time.perf_counter()
     cache = await CallableCache.connect(url, config=replace(BENCH_CONFIG, metrics=False))
     stock = None
-    metered = reader = None
+    metering = None
     try:
         await cache.redis_connection().flushdb()
         ids = await seed_users(cache, N_USERS)
         stock = stock_client(url)
         if metrics:
-            metered, reader = await _metered_cache(url)
-        scenarios = cache_scenarios(cache, ids, stock, metered) + ops_scenarios(cache, stock)
+            metering = Metering(cache)
+        scenarios = cache_scenarios(cache, ids, stock, metering) + ops_scenarios(cache, stock)
         total = len(scenarios) + 3  # + event propagation, concurrent writers, concurrency
         results: list[Result] = []
         for i, sc in enumerate(scenarios, 1):
@@ -240,13 +241,11 @@ async def run_bench(
                                        sc.warmup, sc.side_n, sc.side_every)
             trips = {name: await count_round_trips(side) for name, side in sc.sides.items()}
             results.extend(_results(sc, samples, trips))
-        if metered is not None:
-            results = _check_metered(results, metered, reader)
+        if metering is not None:
+            results = _check_metered(results, metering)
         info = await cache.redis_connection().info("server")
         machine = _machine(describe_server(info))
     finally:
-        if metered is not None:
-            await metered.close()
         if stock is not None:
             await stock.aclose()
         # Closed before the next stages: its subscriber would handle their events.
@@ -289,32 +288,9 @@ async def run_bench(
     }
 
 
-async def _metered_cache(url: str) -> tuple[CallableCache, Any]:
-    """A cache on ``url`` recording its metrics on an SDK meter provider whose reader
-    collects on demand (as a Prometheus scrape would), and that reader."""
-    try:
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    except ImportError:
-        raise SystemExit("bench --metrics needs the OpenTelemetry SDK: "
-                         "pip install 'cal-redis[prometheus]'") from None
-    reader = InMemoryMetricReader()
-    config = replace(BENCH_CONFIG, meter_provider=MeterProvider(metric_readers=[reader]))
-    cache = await CallableCache.connect(url, config=config)
-    assert cache.remote.observer is not None, "the meter provider was not used"
-    return cache, reader
-
-
-def _check_metered(results: list[Result], metered: CallableCache, reader: Any) -> list[Result]:
-    """The metered rows' exact check: the hits the provider collects are the L1's own."""
-    want = metered.local["users"].hits
-    got = None
-    for rm in reader.get_metrics_data().resource_metrics:
-        for sm in rm.scope_metrics:
-            for m in sm.metrics:
-                if m.name == "cal_redis.l1.hits":
-                    got = sum(p.value for p in m.data.data_points
-                              if dict(p.attributes).get("cal_redis.namespace") == "users")
+def _check_metered(results: list[Result], metering: Metering) -> list[Result]:
+    """The metered rows' exact check: the provider collected the L1's own hit count."""
+    got, want = metering.collected_hits(), metering.hits_recorded
     if got == want:
         return results
     problem = f"the meter provider collected {got} L1 hits of users, the L1 counted {want}"
