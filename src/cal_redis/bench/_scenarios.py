@@ -66,7 +66,7 @@ L1_BLOCK = 1000
 #: block by block; the gated ratio is of the fastest block of each side.
 L1_ROUNDS = (2000, 10000)
 #: Gate of an L1 hit of a cache with a meter provider against one without (``--metrics``).
-METRICS_GATE = 1.25
+METRICS_GATE = 1.15
 
 
 @dataclass(frozen=True)
