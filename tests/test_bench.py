@@ -111,3 +111,47 @@ async def test_concurrent_writers_count_writes_and_failures(redis_url: str, writ
     if writers == 1:  # a lone writer never conflicts
         assert w["failures"]["ours"] == 0
     assert w["ratio"] == w["writes_per_s"]["ours"] / w["writes_per_s"]["raw"]
+
+
+async def test_metered_l1_rows(redis_url: str) -> None:
+    """``bench --metrics``: the L1-hit scenarios get a side that times the same hits with
+    a meter provider recording the cache (bound for its blocks only), rows against the
+    baselines and against the same hits without it, and an exact check that the
+    provider collected the L1's hit count."""
+    from cal_redis import CallableCache
+    from cal_redis.bench._runner import _check_metered, _results
+    from cal_redis.bench._scenarios import (
+        METRICS_GATE,
+        Metering,
+        cache_scenarios,
+        seed_users,
+        stock_client,
+    )
+
+    cache = await CallableCache.connect(redis_url)
+    metering = Metering(cache)
+    stock = stock_client(redis_url)
+    try:
+        ids = await seed_users(cache, 50)
+        l1_sync, l1_async = cache_scenarios(cache, ids, stock, metering)[:2]
+        assert set(l1_sync.sides) == {"ours", "dict", "metrics"}
+        keys = [r.key for r in l1_async.rows]
+        assert keys == ["l1_async", "l1_async_metrics", "l1_async_metrics_ratio"]
+        ratio_row = l1_async.rows[2]
+        assert (ratio_row.ours, ratio_row.base, ratio_row.gate) == ("metrics", "ours", METRICS_GATE)
+        results = []
+        for sc in (l1_sync, l1_async):
+            assert sc.prepare is not None
+            await sc.prepare()
+            samples = await interleave(sc.sides, rounds=2, per_round=1, warmup=0)
+            assert cache.remote.observer is None  # bound only during the metered blocks
+            results += _results(sc, samples, dict.fromkeys(sc.sides, 0))
+        assert metering.hits_recorded >= 2 * 2 * 50
+        assert [r.problem for r in _check_metered(results, metering)] == [""] * 6
+        metering.hits_recorded += 1  # the provider did not see that one
+        checked = _check_metered(results, metering)
+        assert [bool(r.problem) for r in checked] == ["metrics" in r.key for r in results]
+        assert len(cache_scenarios(cache, ids, stock)[0].rows) == 1  # without --metrics
+    finally:
+        await stock.aclose()
+        await cache.close()

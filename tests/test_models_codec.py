@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -15,6 +17,7 @@ from cal_redis.codec import (
     decode_batch,
     decode_event,
     encode,
+    event,
     merge_encode,
     merge_update,
 )
@@ -101,6 +104,21 @@ def test_event_data_optional() -> None:
     assert encode(m.Event(type="UserSync")) == b'{"type":"UserSync"}'
     with pytest.raises(SerializationError):
         decode_event(b'{"id": "no type"}', channel="cal:events")
+
+
+def test_event_builder_stamps_ms_and_us_from_one_clock_read() -> None:
+    before = time.time_ns() // 1000
+    raw = msgspec.json.decode(event("UserUpdate", "u1", origin="o1"))
+    after = time.time_ns() // 1000
+    assert before <= raw["ts_us"] <= after
+    assert raw["ts"] == raw["ts_us"] // 1000  # the same instant, coarser
+    assert raw["ts_us"] < 2**53  # exact in JSON readers that use doubles
+
+
+def test_event_without_ts_us_decodes_and_omits_it() -> None:
+    e = decode_event(b'{"type":"UserUpdate","id":"u1","ts":5}', channel="cal:events")
+    assert e.ts == 5 and e.ts_us == 0
+    assert b"ts_us" not in encode(e)
 
 
 def test_merge_keeps_fields_this_version_does_not_know() -> None:

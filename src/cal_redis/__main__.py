@@ -1,15 +1,16 @@
-"""``python -m cal_redis``: demo, doctor (and bench, see docs/benchmarks.md).
+"""``python -m cal_redis``: demo, doctor, inspect, watch (and bench, see docs/benchmarks.md).
 
 ``--version`` prints the version; ``doctor`` exits 0 when the installation and the
 server it reaches are healthy, 1 when the server is unreachable or unsupported, and 2
 when no server is configured (no ``--url``, no ``$CAL_VALKEY_HOST``) and ``--embedded``
-was not asked for.
+was not asked for. ``inspect`` and ``watch`` are described in docs/observability.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import time
@@ -189,6 +190,20 @@ _DOCTOR_HELP = (
 )
 
 
+def _url(url: str | None) -> str:
+    from .config import resolve_url
+
+    return resolve_url(url)
+
+
+async def _inspect(url: str | None, as_json: bool, sample: int, cluster: bool) -> int:
+    from ._inspect import format_inspect, inspect
+
+    report = await inspect(_url(url), cluster=cluster, sample=sample)
+    print(json.dumps(report, indent=2) if as_json else format_inspect(report))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cal_redis`` / ``cal-redis``."""
     parser = argparse.ArgumentParser(prog="python -m cal_redis", description=_DESCRIPTION)
@@ -209,6 +224,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--url", help="the Redis URL to check (default: $CAL_VALKEY_HOST)")
     where.add_argument("--embedded", action="store_true",
                        help="check against a private server started for the check")
+    p_ins = sub.add_parser(
+        "inspect", help="key families (keys, fields, memory), channel subscribers, server",
+        description="Per key family of the layout: keys, hash fields or set members, and "
+        "memory (MEMORY USAGE, sampled for big families); the event channels' subscribers; "
+        "the server's version and role. One SCAN of cal:* (docs/observability.md).",
+    )
+    p_ins.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST)")
+    p_ins.add_argument("--json", action="store_true", help="print the report as JSON")
+    p_ins.add_argument("--sample", type=int, default=200, metavar="N",
+                       help="MEMORY USAGE of at most N random keys per family, scaled up "
+                       "(default 200)")
+    p_ins.add_argument("--cluster", action="store_true",
+                       help="the cluster key style (cal:account:{a}:...)")
+    p_watch = sub.add_parser(
+        "watch", help="live decoded tail of the event channels with per-type rates",
+        description="Subscribe to cal:events and cal:account:*:events and print every valid "
+        "event decoded (time received, type, id, account, origin, lag, data), per-type "
+        "rates every --interval seconds and a summary at the end. Runs until Ctrl-C, "
+        "--count events or --seconds.",
+    )
+    p_watch.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST)")
+    p_watch.add_argument("--account", metavar="A",
+                         help="only the events of account A (its channel's, and global "
+                         "events naming it)")
+    p_watch.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    p_watch.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
+    p_watch.add_argument("--interval", type=float, default=5.0, metavar="S",
+                         help="seconds between two lines of rates (default 5)")
     # The bench's options belong to cal_redis.bench (`bench --help`), which is imported
     # only when the subcommand runs; everything after "bench" is handed to it.
     sub.add_parser(
@@ -224,6 +267,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "doctor":
             return asyncio.run(_doctor(args.url, args.embedded))
+        if args.command == "inspect":
+            if args.sample < 1:
+                parser.error("--sample must be >= 1")
+            return asyncio.run(_inspect(args.url, args.json, args.sample, args.cluster))
+        if args.command == "watch":
+            if args.interval <= 0:
+                parser.error("--interval must be > 0")
+            from ._inspect import watch
+
+            asyncio.run(watch(_url(args.url), account=args.account, count=args.count,
+                              seconds=args.seconds, interval=args.interval))
+            return 0
         if args.command == "bench":
             from .bench import main as bench_main
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from . import metrics
 from ._context import Context
 from ._server_info import check_server_version
 from .api.account_data import AccountDataOps
@@ -80,6 +81,8 @@ class CallableCache(
             ctx, hub := Hub(), {e.spec.kind: (e, e.spec.scoped) for e in self._engines}
         )
         self._sync = Subscriber(ctx, dispatcher, hub)
+        #: What this cache's metrics are read from (cal_redis.metrics).
+        self._metrics = metrics.Sources(config, ctx.local, remote, dispatcher, hub, self._engines)
 
     # -- what the parts share, read-only for operators and tests ---------------------------
     @property
@@ -151,6 +154,7 @@ class CallableCache(
             await self._sync.stop()
             await remote.close()
             raise
+        metrics.attach(self._metrics)
         log.debug("connected to %s (instance %s)", remote.safe_url, self.instance_id)
         return self
 
@@ -180,6 +184,7 @@ class CallableCache(
         """
         if self._ctx.remote.closed and self._sync.stopped:
             return
+        metrics.detach(self._metrics)
         try:
             await self._sync.stop()
         finally:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from .errors import SerializationError, ValidationError
-from .models import Event, Model, now_ms
+from .models import Event, Model, now_ms_us
 
 __all__ = (
     "check",
@@ -179,8 +179,10 @@ def event(
     account_id: str | None = None,
     data: bytes | None = None,
 ) -> bytes:
-    """The JSON of one event (the one event builder of the library's writes)."""
-    ev = Event(type=type, id=id, account_id=account_id, origin=origin, ts=now_ms())
+    """The JSON of one event (the one event builder of the library's writes), stamped
+    with the time now in ``ts`` (ms) and ``ts_us`` (µs)."""
+    ms, us = now_ms_us()
+    ev = Event(type=type, id=id, account_id=account_id, origin=origin, ts=ms, ts_us=us)
     if data is not None:
         ev = msgspec.structs.replace(ev, data=msgspec.Raw(data))
     return encode(ev)

@@ -12,7 +12,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 from .errors import ConfigurationError
 
@@ -164,6 +164,12 @@ class CacheConfig:
     #: L1 entry weights per namespace (see :data:`DEFAULT_ENTRY_WEIGHTS`), so that a
     #: budget bounds the memory its entries really hold.
     entry_weights: dict[str, EntryWeight] = field(default_factory=lambda: dict(DEFAULT_ENTRY_WEIGHTS))
+    #: Record OpenTelemetry metrics when a meter provider is found (docs/observability.md).
+    metrics: bool = True
+    #: The OpenTelemetry ``MeterProvider`` to record this cache's metrics on; None: the
+    #: one of ``cal_redis.metrics.serve_prometheus`` if it serves, else the global one
+    #: if the application set it, else none (nothing is recorded).
+    meter_provider: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.entry_overhead is not None:

@@ -50,6 +50,13 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def now_ms_us() -> tuple[int, int]:
+    """The current time, read once, as (milliseconds, microseconds) since the epoch
+    (UTC): an event's ``ts`` and ``ts_us``."""
+    ns = time.time_ns()
+    return ns // 1_000_000, ns // 1_000
+
+
 class Model(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Base of every stored value: frozen, keyword-only, unknown fields ignored."""
 
@@ -279,6 +286,9 @@ class Event(Model, frozen=True, kw_only=True, omit_defaults=True):
     ``type`` is e.g. ``UserUpdate``; ``data``, when present, is the full new object
     as raw JSON (decoded lazily into the entity's type by the subscriber); an empty
     ``Raw`` means absent. Fields left at their default are omitted on the wire.
+    ``ts`` is in milliseconds since the epoch; ``ts_us``, optional, is the same
+    instant in microseconds (the events this library publishes carry both; the
+    event-lag metric uses ``ts_us`` and falls back to ``ts``).
     """
 
     type: str
@@ -286,6 +296,7 @@ class Event(Model, frozen=True, kw_only=True, omit_defaults=True):
     account_id: str | None = None
     origin: str = ""
     ts: int = 0
+    ts_us: int = 0
     data: msgspec.Raw = msgspec.Raw(b"")
 
     @property

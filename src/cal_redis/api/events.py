@@ -18,7 +18,7 @@ from .. import codec
 from .._context import NeedsContext
 from ..errors import ClosedError, ValidationError
 from ..keys import validate_id
-from ..models import Event, now_ms
+from ..models import Event, now_ms_us
 
 if TYPE_CHECKING:
     from ..sync import EventHandler, EventStream, Subscriber, SyncState
@@ -40,7 +40,7 @@ class SyncOps(NeedsContext):
         if not event.origin:
             changes["origin"] = self._ctx.instance_id
         if not event.ts:
-            changes["ts"] = now_ms()
+            changes["ts"], changes["ts_us"] = now_ms_us()
         if account_id is not None:
             if event.account_id and event.account_id != account_id:
                 raise ValidationError(
@@ -67,7 +67,8 @@ class SyncOps(NeedsContext):
     async def publish_event(self, event: Event) -> int:
         """Publish ``event`` on ``cal:events``; return how many subscribers received it.
 
-        ``origin`` (this instance) and ``ts`` (now) are filled when empty. Entity
+        ``origin`` (this instance) is filled when empty, ``ts`` and ``ts_us`` (now)
+        when ``ts`` is. Entity
         events (``UserUpdate``...) also invalidate this instance's own L1 entry,
         since the subscriber skips its own echoes.
 
@@ -87,7 +88,8 @@ class SyncOps(NeedsContext):
         """Publish ``event`` on ``account_id``'s channel; return the receiver count.
 
         ``account_id`` is validated before any I/O; ``event.account_id`` must be
-        that account or empty (then filled). ``origin`` and ``ts`` are filled when empty.
+        that account or empty (then filled). ``origin``, ``ts`` and ``ts_us`` are filled
+        as by :meth:`publish_event`.
 
         Example::
 

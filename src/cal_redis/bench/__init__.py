@@ -49,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="short run for CI (about 40 s)")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                    help="the event loop to run on (uvloop: pip install 'cal-redis[uvloop]')")
+    p.add_argument("--metrics", action="store_true",
+                   help="also time the L1 hits of a cache whose metrics an OpenTelemetry "
+                   "meter provider records, beside the same hits without one (needs the "
+                   "prometheus extra)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--chart", metavar="FILE", help="also write a PNG chart (needs matplotlib)")
 
@@ -90,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = EmbeddedRedis().start()
         url = server.url
     try:
-        report = _run(run_bench(url, quick=args.quick, progress=_progress), args.loop)
+        report = _run(run_bench(url, quick=args.quick, progress=_progress,
+                                metrics=args.metrics), args.loop)
     finally:
         if server is not None:
             server.stop()

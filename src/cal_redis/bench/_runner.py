@@ -26,6 +26,7 @@ from ._propagation import measure_propagation
 from ._scenarios import (
     BENCH_CONFIG,
     N_USERS,
+    Metering,
     Scenario,
     Side,
     cache_scenarios,
@@ -211,16 +212,25 @@ def _machine(server_version: str) -> dict[str, str]:
 Progress = Callable[[str], None]
 
 
-async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, Any]:
-    """Run every scenario against the Redis at ``url``; return the report as a dict."""
+async def run_bench(
+    url: str, *, quick: bool, progress: Progress, metrics: bool = False
+) -> dict[str, Any]:
+    """Run every scenario against the Redis at ``url``; return the report as a dict.
+
+    ``metrics``: the L1-hit rows are also measured with an OpenTelemetry SDK meter
+    provider recording the cache's metrics (the ``prometheus`` extra), beside the same
+    hits without one (see :class:`~._scenarios.Metering`)."""
     t_start = time.perf_counter()
-    cache = await CallableCache.connect(url, config=BENCH_CONFIG)
+    cache = await CallableCache.connect(url, config=replace(BENCH_CONFIG, metrics=False))
     stock = None
+    metering = None
     try:
         await cache.redis_connection().flushdb()
         ids = await seed_users(cache, N_USERS)
         stock = stock_client(url)
-        scenarios = cache_scenarios(cache, ids, stock) + ops_scenarios(cache, stock)
+        if metrics:
+            metering = Metering(cache)
+        scenarios = cache_scenarios(cache, ids, stock, metering) + ops_scenarios(cache, stock)
         total = len(scenarios) + 3  # + event propagation, concurrent writers, concurrency
         results: list[Result] = []
         for i, sc in enumerate(scenarios, 1):
@@ -231,6 +241,8 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
                                        sc.warmup, sc.side_n, sc.side_every)
             trips = {name: await count_round_trips(side) for name, side in sc.sides.items()}
             results.extend(_results(sc, samples, trips))
+        if metering is not None:
+            results = _check_metered(results, metering)
         info = await cache.redis_connection().info("server")
         machine = _machine(describe_server(info))
     finally:
@@ -274,6 +286,15 @@ async def run_bench(url: str, *, quick: bool, progress: Progress) -> dict[str, A
         "passed": (all(r.passed for r in results) and all(t.passed for t in throughput)
                    and all(c.passed for c in checks)),
     }
+
+
+def _check_metered(results: list[Result], metering: Metering) -> list[Result]:
+    """The metered rows' exact check: the provider collected the L1's own hit count."""
+    got, want = metering.collected_hits(), metering.hits_recorded
+    if got == want:
+        return results
+    problem = f"the meter provider collected {got} L1 hits of users, the L1 counted {want}"
+    return [replace(r, problem=problem) if "metrics" in r.key else r for r in results]
 
 
 @dataclass(frozen=True)

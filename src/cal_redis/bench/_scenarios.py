@@ -43,6 +43,7 @@ __all__ = (
     "USER_HASH",
     "Row",
     "Scenario",
+    "Metering",
     "Side",
     "make_user",
     "seed_users",
@@ -64,6 +65,8 @@ L1_BLOCK = 1000
 #: Blocks per side of the L1 rows (quick, full), ours and the baseline alternating
 #: block by block; the gated ratio is of the fastest block of each side.
 L1_ROUNDS = (2000, 10000)
+#: Gate of an L1 hit of a cache with a meter provider against one without (``--metrics``).
+METRICS_GATE = 1.15
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,54 @@ class Scenario:
     side_n: dict[str, int] = field(default_factory=dict)
     #: Particular sides that run in one round out of ``k`` only: slow third sides.
     side_every: dict[str, int] = field(default_factory=dict)
+
+
+class Metering:
+    """A meter provider recording ``cache``'s metrics during the blocks of the sides
+    wrapped by :meth:`side` only (an SDK ``MeterProvider`` with a reader that collects
+    on demand, as a Prometheus scrape does)."""
+
+    def __init__(self, cache: CallableCache) -> None:
+        try:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        except ImportError:
+            raise SystemExit("bench --metrics needs the OpenTelemetry SDK: "
+                             "pip install 'cal-redis[prometheus]'") from None
+        from .. import _otel
+
+        self.cache = cache
+        self.reader = InMemoryMetricReader()
+        self.binding = _otel.binding(MeterProvider(metric_readers=[self.reader]))
+        #: The users L1's hit count when the provider last stopped recording.
+        self.hits_recorded = 0
+
+    def side(self, side: Side) -> Side:
+        """``side``, run with the provider recording the cache."""
+        sources = self.cache._metrics
+
+        async def metered(n: int) -> list[float]:
+            self.binding.add(sources)
+            assert self.cache.remote.observer is not None
+            try:
+                return await side(n)
+            finally:
+                self.binding.remove(sources)
+                self.hits_recorded = self.cache.local["users"].hits
+
+        return metered
+
+    def collected_hits(self) -> float | None:
+        """The users L1 hits the provider collects (None: no such metric)."""
+        data = self.reader.get_metrics_data()
+        for rm in data.resource_metrics if data is not None else ():
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name == "cal_redis.l1.hits":
+                        return float(sum(getattr(p, "value", 0) for p in m.data.data_points
+                                         if dict(p.attributes or {}).get(
+                                             "cal_redis.namespace") == "users"))
+        return None
 
 
 def make_user(i: int) -> User:
@@ -151,9 +202,13 @@ def _cycle(ids: list[str]) -> Callable[[], str]:
 
 
 def cache_scenarios(
-    cache: CallableCache, ids: list[str], stock: aioredis.Redis
+    cache: CallableCache, ids: list[str], stock: aioredis.Redis,
+    metering: Metering | None = None,
 ) -> list[Scenario]:
-    """The cache-level scenarios over ``ids`` (already in Redis); ``stock``: the baseline client."""
+    """The cache-level scenarios over ``ids`` (already in Redis); ``stock``: the baseline
+    client. ``metering``: the L1-hit scenarios then time the same hits of the same cache
+    with a meter provider recording its metrics (side ``metrics``: bound to the provider
+    for its blocks only) beside those without (side ``ours``), block by block."""
     client = cache.redis_connection()
     l1 = cache.local["users"]
     dec = msgspec.json.Decoder(User).decode
@@ -304,23 +359,38 @@ def cache_scenarios(
     l2_seed = (1e-3, 5e-3)
     miss_seed = (2e-3, 10e-3)
     l1_seed = (1e-6, 1e-6)
+    sync_sides: dict[str, Side] = {"ours": block_sync(l1.get), "dict": block_sync(plain.get)}
+    sync_rows = [Row("l1_sync", "L1 hit: lru.get(k)", "ours", "dict",
+                     "dict.get on the same 10,000 str keys", 1.75, gate_py=8.25,
+                     seed=l1_seed, seed_text="~0.001 ms", stat="min")]
+    async_sides: dict[str, Side] = {"ours": block_async(cache.get_user_by_id),
+                                    "bare": block_async(bare)}
+    async_rows = [Row("l1_async", "L1 hit: await get_user_by_id", "ours", "bare",
+                      "await f(k) where f returns dict.get(k)", 1.75, goal=2.5, gate_py=3.65,
+                      seed=l1_seed, seed_text="~0.001 ms", stat="min")]
+    if metering is not None:
+        # The same rows with the meter provider recording (same gates), and against
+        # the same hits without it: what a meter provider costs an L1 hit.
+        sync_sides["metrics"] = metering.side(block_sync(l1.get))
+        sync_rows += [
+            Row("l1_sync_metrics", "  same, meter provider installed", "metrics", "dict",
+                "dict.get on the same 10,000 str keys", 1.75, gate_py=8.25, stat="min"),
+            Row("l1_sync_metrics_ratio", "  meter provider / none", "metrics", "ours",
+                "the same lru.get(k) without a meter provider", METRICS_GATE, stat="min"),
+        ]
+        async_sides["metrics"] = metering.side(block_async(cache.get_user_by_id))
+        async_rows += [
+            Row("l1_async_metrics", "  same, meter provider installed", "metrics", "bare",
+                "await f(k) where f returns dict.get(k)", 1.75, gate_py=3.65, stat="min"),
+            Row("l1_async_metrics_ratio", "  meter provider / none", "metrics", "ours",
+                "the same get_user_by_id without a meter provider", METRICS_GATE,
+                stat="min"),
+        ]
     return [
-        Scenario(
-            "L1 hit, sync LRU",
-            {"ours": block_sync(l1.get), "dict": block_sync(plain.get)},
-            [Row("l1_sync", "L1 hit: lru.get(k)", "ours", "dict",
-                 "dict.get on the same 10,000 str keys", 1.75, gate_py=8.25,
-                 seed=l1_seed, seed_text="~0.001 ms", stat="min")],
-            rounds=L1_ROUNDS, per_round=1, warmup=20, prepare=fill_l1,
-        ),
-        Scenario(
-            "L1 hit, async API",
-            {"ours": block_async(cache.get_user_by_id), "bare": block_async(bare)},
-            [Row("l1_async", "L1 hit: await get_user_by_id", "ours", "bare",
-                 "await f(k) where f returns dict.get(k)", 1.75, goal=2.5, gate_py=3.65,
-                 seed=l1_seed, seed_text="~0.001 ms", stat="min")],
-            rounds=L1_ROUNDS, per_round=1, warmup=20, prepare=fill_l1,
-        ),
+        Scenario("L1 hit, sync LRU", sync_sides, sync_rows,
+                 rounds=L1_ROUNDS, per_round=1, warmup=20, prepare=fill_l1),
+        Scenario("L1 hit, async API", async_sides, async_rows,
+                 rounds=L1_ROUNDS, per_round=1, warmup=20, prepare=fill_l1),
         Scenario(
             "L1 miss, L2 hit",
             {"ours": ours_l2, "stock": stock_l2, "raw": raw_l2},

@@ -19,9 +19,11 @@ import collections
 import contextlib
 import logging
 import math
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -34,6 +36,9 @@ from .._server_info import describe_server
 from ..config import CacheConfig, redact_url
 from ._packing import hiredis_available, hiredis_packing
 from ._sends import unblocked_sends
+
+if TYPE_CHECKING:
+    from ..metrics import Observer
 
 __all__ = (
     "ClusterRemote",
@@ -231,6 +236,8 @@ class Remote:
         "cmd",
         "config",
         "errors",
+        "observer",
+        "reads",
         "retries",
         "round_trips",
         "safe_url",
@@ -247,8 +254,12 @@ class Remote:
         #: redis-py's annotations cannot express, so callers annotate each reply.
         self.cmd: Any = self.client
         self.round_trips = 0
+        self.reads = 0
         self.errors = 0
         self.retries = 0
+        #: Told of every read and write and its duration (set only while metrics are
+        #: recorded: :mod:`cal_redis.metrics`).
+        self.observer: Observer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     #: True for :class:`~._cluster.ClusterRemote`.
@@ -292,13 +303,23 @@ class Remote:
         if asyncio.get_running_loop() is not self._loop:
             raise self._refuse()
         self.round_trips += 1
+        self.reads += 1
+        start = time.perf_counter() if self.observer is not None else 0.0
+        ok = False
         try:
-            return await fn(*args)
+            result = await fn(*args)
+            ok = True
+            return result
         except _RETRYABLE as err:
-            return await self._retry(what, err, fn, args)
+            result = await self._retry(what, err, fn, args)
+            ok = True
+            return result
         except rexc.RedisError as err:
             self.errors += 1
             raise map_redis_error(err, what) from err
+        finally:
+            if start:
+                self._observed(what, fn, args, start, ok)
 
     async def _retry(
         self, what: str, first: BaseException, fn: Callable[..., Awaitable[T]], args: Sequence[Any]
@@ -310,6 +331,7 @@ class Remote:
                 raise errors.ClosedError("the cache is closed") from err
             self.retries += 1
             self.round_trips += 1
+            self.reads += 1
             try:
                 return await fn(*args)
             except _RETRYABLE as again:
@@ -325,11 +347,26 @@ class Remote:
         if asyncio.get_running_loop() is not self._loop:
             raise self._refuse()
         self.round_trips += 1
+        start = time.perf_counter() if self.observer is not None else 0.0
+        ok = False
         try:
-            return await fn(*args)
+            result = await fn(*args)
+            ok = True
+            return result
         except (rexc.RedisError, OSError) as err:
             self.errors += 1
             raise map_redis_error(err, what) from err
+        finally:
+            if start:
+                self._observed(what, fn, args, start, ok)
+
+    def _observed(
+        self, what: str, fn: Callable[..., object], args: Sequence[Any], start: float, ok: bool
+    ) -> None:
+        # In a finally clause: when not ok, sys.exc_info() is the exception leaving.
+        observer = self.observer
+        if observer is not None:
+            observer.l2_done(what, fn, args, start, None if ok else sys.exc_info()[1])
 
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
@@ -377,6 +414,8 @@ class Remote:
 
     async def hmget(self, what: str, key: str, fields: Sequence[Any]) -> list[bytes | None]:
         """HMGET of any number of fields in one round trip, chunked by :data:`HMGET_CHUNK`."""
+        if self.observer is not None:
+            self.observer.batch(len(fields))
         if len(fields) <= HMGET_CHUNK:
             return await self.read(what, self.cmd.hmget, key, fields)
 
@@ -465,8 +504,9 @@ class Remote:
         return describe_server(await self.server_info())
 
     def stats(self) -> dict[str, int]:
-        """Round trips, errors and retries so far."""
-        return {"round_trips": self.round_trips, "errors": self.errors, "retries": self.retries}
+        """Round trips (reads and writes), reads, errors and retries so far."""
+        return {"round_trips": self.round_trips, "reads": self.reads, "errors": self.errors,
+                "retries": self.retries}
 
 
 async def open_remote(url: str, config: CacheConfig) -> Remote:

@@ -10,6 +10,18 @@ L1 cannot be trusted: :meth:`Dispatcher.degraded` stops filling L1, stops tracki
 writes and flushes it; :meth:`Dispatcher.connected` (the subscriptions are confirmed)
 flushes it once more (whatever was cached before may have missed an event; a fill
 that began before is fenced out by the flush) and opens the gate again.
+
+**Logging** (logger ``cal_redis.sync``). A loss is a WARNING naming the server, the
+channels and the cause; the recovery an INFO with the cause and how long the cache was
+degraded. Every L1 flush is logged with its reason and what it dropped per namespace
+(INFO when it dropped entries or follows a loss, else DEBUG); a namespace dropped by a
+``<Kind>Sync`` event is logged at INFO at most once per namespace every
+:data:`LOG_EVERY` seconds. Nothing is logged per event at INFO.
+
+**Metrics.** :attr:`Dispatcher.state`, the namespace flushes by reason
+(:attr:`Counters.flushes`) and the time spent degraded (:meth:`Dispatcher.degraded_seconds`)
+are read by :mod:`cal_redis.metrics`; an :attr:`Dispatcher.observer` (set only when
+metrics are recorded) is told of every event applied to L1, for the event lag.
 """
 
 from __future__ import annotations
@@ -29,9 +41,10 @@ from ..models import Event
 
 if TYPE_CHECKING:
     from .._context import Context
+    from ..metrics import Observer
     from .streams import Hub
 
-__all__ = ("ACTIONS", "MAX_EVENT_BYTES", "Counters", "Dispatcher", "EventTarget")
+__all__ = ("ACTIONS", "FLUSH_REASONS", "MAX_EVENT_BYTES", "Counters", "Dispatcher", "EventTarget")
 
 log = logging.getLogger("cal_redis.sync")
 
@@ -44,9 +57,24 @@ LOG_EVERY: Final = 10.0
 
 _APPLIED = frozenset(("refresh", "invalidate", "sync"))
 
+#: Why L1 was flushed (the ``reason`` of :attr:`Counters.flushes` and of the log lines).
+FLUSH_REASONS: Final = (
+    "starting", "lost", "subscribed", "resubscribed", "closed", "sync_event", "topology",
+)
+
+
+class _Spec(Protocol):
+    @property
+    def namespace(self) -> str:
+        """The engine's L1 namespace."""
+
 
 class EventTarget(Protocol):
     """What an engine offers the dispatcher for the event types it owns."""
+
+    @property
+    def spec(self) -> _Spec:
+        """The engine's spec (its L1 namespace)."""
 
     def apply_event(self, action: str, event: Event, account_id: str | None) -> str:
         """Apply a received event to L1; return what was done."""
@@ -70,28 +98,36 @@ class Counters:
         "received",
         "reconnects",
         "superseded",
+        "topology_flushes",
         "unknown",
     )
 
     def __init__(self) -> None:
         self.received = self.applied = self.echoes = self.superseded = 0
         self.unknown = self.malformed = self.disconnects = self.reconnects = 0
-        self.flushes = 0
+        #: (namespace, reason) -> how many times that namespace was flushed for that
+        #: reason (one of :data:`FLUSH_REASONS`).
+        self.flushes: dict[tuple[str, str], int] = {}
+        #: Flushes after a Redis Cluster failover or slot-map change.
+        self.topology_flushes = 0
 
 
 class _LogLimiter:
-    """One warning per reason every :data:`LOG_EVERY` seconds; the rest at debug."""
+    """One message per reason every :data:`LOG_EVERY` seconds at ``level`` (WARNING
+    by default); the rest at debug."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_last", "level")
 
-    def __init__(self) -> None:
+    def __init__(self, level: int = logging.WARNING) -> None:
         self._last: dict[str, float] = {}
+        self.level = level
 
     def __call__(self, reason: str, msg: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last.get(reason, -math.inf) >= LOG_EVERY:
             self._last[reason] = now
-            log.warning(msg + " (repeats within %.0f s logged at debug level)", *args, LOG_EVERY)
+            log.log(self.level, msg + " (repeats within %.0f s logged at debug level)",
+                    *args, LOG_EVERY)
         else:
             log.debug(msg, *args)
 
@@ -103,12 +139,27 @@ class Kind:
     scoped: bool  # account-scoped kind: only valid on an account channel
     action: str
     target: EventTarget
+    namespace: str  # the target's L1 namespace
 
 
 class Dispatcher:
     """Routes events to engines and app subscriptions; owns the L1 gate policy."""
 
-    __slots__ = ("_ctx", "_hub", "apply_l1", "counters", "types", "warn")
+    __slots__ = (
+        "_cause",
+        "_ctx",
+        "_degraded_at",
+        "_degraded_total",
+        "_hub",
+        "_lost_at",
+        "_sync_log",
+        "apply_l1",
+        "counters",
+        "observer",
+        "state",
+        "types",
+        "warn",
+    )
 
     def __init__(
         self, ctx: Context, hub: Hub, targets: Mapping[str, tuple[EventTarget, bool]]
@@ -121,32 +172,78 @@ class Dispatcher:
         self.apply_l1 = False
         #: Rate-limited warnings (one per reason every LOG_EVERY seconds).
         self.warn = _LogLimiter()
+        self._sync_log = _LogLimiter(logging.INFO)
         #: ``<Kind><Action>`` -> how it is applied, for every event-synced kind.
         self.types: dict[str, Kind] = {
-            prefix + action: Kind(scoped, action, target)
+            prefix + action: Kind(scoped, action, target, target.spec.namespace)
             for prefix, (target, scoped) in targets.items()
             for action in ACTIONS
         }
+        #: The subscriber's state as the gate sees it: ``connected``, ``degraded``,
+        #: ``stopped`` or ``disabled`` (as :class:`~.subscriber.SyncState` names them).
+        self.state = "degraded" if ctx.config.sync else "disabled"
+        #: Told of every event applied to L1 (set only while metrics are recorded).
+        self.observer: Observer | None = None
+        self._degraded_at: float | None = None  # monotonic start of the degraded period
+        self._degraded_total = 0.0  # seconds degraded, periods that ended
+        self._lost_at: float | None = None  # monotonic time of the last loss
+        self._cause = ""  # why the subscription was last lost
 
     # -- the gate ------------------------------------------------------------------------
-    def _flush(self) -> None:
-        self._ctx.local.flush_all()
+    def _where(self) -> str:
+        keys = self._ctx.keys
+        return (f"{keys.EVENTS} and {keys.account_events_pattern()} on "
+                f"{self._ctx.remote.safe_url} (instance {self._ctx.instance_id[:12]})")
+
+    def _flush(self, reason: str) -> None:
+        local = self._ctx.local
+        flushes = self.counters.flushes
+        dropped = []
+        for ns in local.namespaces:
+            n = local.flush(ns)
+            flushes[ns, reason] = flushes.get((ns, reason), 0) + 1
+            if n:
+                dropped.append(f"{ns} {n}")
         for kind in self.types.values():
             kind.target.reset()
+        level = logging.INFO if dropped or reason in ("lost", "resubscribed") else logging.DEBUG
+        log.log(level, "L1 flushed (%s) on instance %s: %s", reason,
+                self._ctx.instance_id[:12], ", ".join(dropped) or "nothing cached")
+
+    def _degrade_clock(self, on: bool) -> None:
+        now = time.monotonic()
+        if self._degraded_at is not None and not on:
+            self._degraded_total += now - self._degraded_at
+            self._degraded_at = None
+        elif self._degraded_at is None and on:
+            self._degraded_at = now
+
+    def degraded_seconds(self) -> float:
+        """Seconds this cache's L1 has spent degraded (closed gate) so far."""
+        start = self._degraded_at
+        ongoing = time.monotonic() - start if start is not None else 0.0
+        return self._degraded_total + ongoing
 
     def degraded(self, reason: str | None) -> None:
-        """Events may be lost from now on: close the gate and flush L1."""
+        """Events may be lost from now on: close the gate and flush L1.
+
+        ``reason``: why the subscription was lost; None when it is only starting.
+        """
+        if reason is not None:
+            self.counters.disconnects += 1
+            self._lost_at = time.monotonic()
+            self._cause = reason
+            log.warning(
+                "sync degraded: event subscription to %s lost (%s); L1 flushed and bypassed, "
+                "cache-first reads go to Redis until it is restored", self._where(), reason
+            )
         if self.apply_l1:
             gate = self._ctx.gate
             gate.fill_ok = False
             gate.track = False
-            self._flush()
-        if reason is not None:
-            self.counters.disconnects += 1
-            log.warning(
-                "event subscription lost (%s): L1 flushed, cache-first reads go to Redis "
-                "until it is restored", reason
-            )
+            self.state = "degraded"
+            self._degrade_clock(True)
+            self._flush("starting" if reason is None else "lost")
 
     def connected(self, again: bool) -> None:
         """Both subscriptions confirmed: flush once more, then open the gate.
@@ -154,31 +251,51 @@ class Dispatcher:
         No await between the flush and opening the gate: a fill that began before the
         flush is fenced out by it.
         """
+        if again:
+            self.counters.reconnects += 1
+            lost_at = self._lost_at
+            took = time.monotonic() - lost_at if lost_at is not None else 0.0
+            log.info("sync restored: subscribed to %s again after %.3f s degraded "
+                     "(cause: %s); L1 in use again", self._where(), took, self._cause)
+        else:
+            log.debug("subscribed to %s", self._where())
         if self.apply_l1:
-            self._flush()
+            self._flush("resubscribed" if again else "subscribed")
             gate = self._ctx.gate
             gate.fill_ok = True
             gate.track = True
-        if again:
-            self.counters.reconnects += 1
-            log.warning("event subscription restored; L1 in use again")
-        else:
-            log.debug("subscribed to events (instance %s)", self._ctx.instance_id)
+            self.state = "connected"
+            self._degrade_clock(False)
 
     def flush(self, reason: str) -> None:
         """L1 may hold what Redis lost (a cluster failover): flush it, and fence out
         every fill and own write in flight, without closing the gate."""
+        self.counters.topology_flushes += 1
+        log.warning("Redis Cluster topology changed under instance %s (%s): L1 flushed",
+                    self._ctx.instance_id[:12], reason)
         if self.apply_l1:
-            self._flush()
-        self.counters.flushes += 1
-        log.warning("L1 flushed: %s", reason)
+            self._flush("topology")
 
     def stopped(self) -> None:
         """The cache closed: L1 is flushed and never filled again."""
         gate = self._ctx.gate
         gate.fill_ok = False
         gate.track = False
-        self._flush()
+        if self.state != "disabled":
+            self.state = "stopped"
+        self._degrade_clock(False)
+        self._flush("closed")
+
+    def _namespace_synced(self, kind: Kind, event: Event, channel: str, dropped: int) -> None:
+        """A ``<Kind>Sync`` event dropped ``kind``'s namespace: count and log it."""
+        flushes = self.counters.flushes
+        key = (kind.namespace, "sync_event")
+        flushes[key] = flushes.get(key, 0) + 1
+        self._sync_log(
+            "sync:" + kind.namespace,
+            "L1 namespace %s flushed (sync_event): %s on %s from instance %s dropped %d entries",
+            kind.namespace, event.type, channel, (event.origin or "?")[:12], dropped,
+        )
 
     # -- messages ------------------------------------------------------------------------
     def on_message(self, channel: bytes | str, data: bytes | str) -> None:
@@ -231,6 +348,7 @@ class Dispatcher:
             c.malformed += 1
             self.warn("scope", "%s event on the wrong channel %r ignored", event.type, channel)
             return False
+        held = len(self._ctx.local[kind.namespace]) if kind.action == "Sync" else 0
         try:
             outcome = kind.target.apply_event(kind.action, event, account)
         except (SerializationError, ValidationError) as err:
@@ -243,6 +361,11 @@ class Dispatcher:
             return False
         if outcome in _APPLIED:
             c.applied += 1
+            if outcome == "sync":
+                self._namespace_synced(kind, event, channel, held)
+            observer = self.observer
+            if observer is not None:
+                observer.event_applied(event, kind.namespace)
         elif outcome == "echo":
             c.echoes += 1
         elif outcome == "superseded":
@@ -253,4 +376,9 @@ class Dispatcher:
         """Our own hand-published event: drop what it names locally (its echo is skipped)."""
         kind = self.types.get(event.type)
         if kind is not None:
+            held = len(self._ctx.local[kind.namespace]) if kind.action == "Sync" else 0
             kind.target.drop_local(kind.action, event, account)
+            if kind.action == "Sync":
+                channel = self._ctx.keys.EVENTS if account is None else \
+                    self._ctx.keys.account_events(account)
+                self._namespace_synced(kind, event, channel, held)

@@ -70,7 +70,7 @@ class SyncState:
     #: Successful re-subscriptions after a loss.
     reconnects: int = 0
     #: L1 flushes while subscribed (a Redis Cluster failover or slot map change).
-    flushes: int = 0
+    topology_flushes: int = 0
     #: Events dropped because an app subscriber's queue was full.
     app_overflow: int = 0
     #: App subscriptions (:meth:`SyncOps.events`) currently open.
@@ -219,7 +219,7 @@ class Subscriber:
             malformed=c.malformed,
             disconnects=c.disconnects,
             reconnects=c.reconnects,
-            flushes=c.flushes,
+            topology_flushes=c.topology_flushes,
             app_overflow=self.hub.overflow,
             app_streams=self.hub.open_streams,
         )
@@ -334,7 +334,7 @@ class Subscriber:
                 log.debug("cluster slot map not read: %s", err)
                 reason = None
             if reason is not None and self._state == "connected":
-                self.dispatcher.flush(f"Redis Cluster topology changed ({reason})")
+                self.dispatcher.flush(reason)
             await asyncio.sleep(interval)
 
     # -- replies -------------------------------------------------------------------------
