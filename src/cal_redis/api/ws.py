@@ -22,7 +22,7 @@ from typing import Any
 from .. import codec
 from ..engine import _lua
 from ..engine.writes import MAX_ATTEMPTS
-from ..errors import CalRedisError, SerializationError, ValidationError
+from ..errors import CalRedisError, ConfigurationError, SerializationError, ValidationError
 from ..keys import validate_id
 from ..models import WsConnection, now_ms
 from ._base import DirectOps
@@ -36,6 +36,15 @@ _SCAN_COUNT = 500
 
 class WsOps(DirectOps):
     """Mixin of :class:`~cal_redis.CallableCache`: websocket connection routing."""
+
+    def _refuse_on_cluster(self) -> None:
+        # Their scripts touch the global cal:ws:connections and the account's keys
+        # at once: two slots. Clear refusal rather than a CROSSSLOT error.
+        if self._ctx.remote.is_cluster:
+            raise ConfigurationError(
+                "websocket connection routing is not available on a Redis Cluster yet: its "
+                "scripts span cal:ws:connections and the account's slot"
+            )
 
     async def add_connected_agent(
         self, account_id: str, user_id: str, connection_id: str, node_id: str
@@ -53,6 +62,7 @@ class WsOps(DirectOps):
             conn = await cache.add_connected_agent("acc42", "u1", "conn-7f3a", "node-1")
             [c.id for c in await cache.get_account_connections("acc42")]  # ['conn-7f3a']
         """
+        self._refuse_on_cluster()
         k = self._ctx.keys
         validate_id(connection_id, "connection_id")
         validate_id(node_id, "node_id")
@@ -82,6 +92,7 @@ class WsOps(DirectOps):
         other connection of the user is left in the account. Two round trips: find
         the connection's user, then one atomic script that re-checks it.
         """
+        self._refuse_on_cluster()
         k = self._ctx.keys
         validate_id(connection_id, "connection_id")
         index = k.ws_connections(account_id)
@@ -115,6 +126,7 @@ class WsOps(DirectOps):
         One round trip (a read-only script: the account's index, then ``HMGET`` of
         those ids in ``cal:ws:connections``); no other tenant's record is read.
         """
+        self._refuse_on_cluster()
         k = self._ctx.keys
         index = k.ws_connections(account_id)
         raws: list[bytes] = await self._ctx.remote.script(
@@ -147,6 +159,7 @@ class WsOps(DirectOps):
         of every account involved stay right. A connection that moved to another
         node meanwhile is kept. Unreadable records are logged and skipped.
         """
+        self._refuse_on_cluster()
         validate_id(node_id, "node_id")
         k = self._ctx.keys
         gkey = k.WS_CONNECTIONS
