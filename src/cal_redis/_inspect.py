@@ -82,6 +82,7 @@ FAMILIES: Final[tuple[Family, ...]] = (
     Family("user idents", "hash", lambda k: k.USER_IDENTS),
     Family("trunk IPs", "string", lambda k: k.trunk_ip(_IP)),
     Family("ws connections", "hash", lambda k: k.WS_CONNECTIONS),
+    Family("key style marker", "string", lambda k: k.LAYOUT),
     Family("account devices", "hash", lambda k: k.devices(_ACC), "account"),
     Family("device idents", "hash", lambda k: k.device_idents(_ACC), "account"),
     Family("DDIs", "hash", lambda k: k.ddis(_ACC), "account"),
