@@ -296,6 +296,8 @@ class ClusterRemote(Remote):
         self._raw: Any = None
         self.cmd: Any = _Router(self)
         self.round_trips = 0
+        self.reads = 0
+        self.observer = None
         self.errors = 0
         self.retries = 0
         self._loop: asyncio.AbstractEventLoop | None = None
