@@ -1,4 +1,6 @@
-"""``python -m cal_redis``: demo, doctor, inspect, watch (and bench, see docs/benchmarks.md).
+"""``python -m cal_redis``: demo, doctor, inspect, watch, migrate-keys (and bench).
+
+The bench is described in docs/benchmarks.md.
 
 ``--version`` prints the version; ``doctor`` exits 0 when the installation and the
 server it reaches are healthy, 1 when the server is unreachable or unsupported, and 2
@@ -204,6 +206,26 @@ async def _inspect(url: str | None, as_json: bool, sample: int, cluster: bool) -
     return 0
 
 
+async def _migrate_keys(url: str | None, dry_run: bool) -> int:
+    from .config import CacheConfig
+    from .layout import migrate_to_cluster
+    from .remote import open_remote
+
+    remote = await open_remote(_url(url), CacheConfig())
+    try:
+        report = await migrate_to_cluster(remote, dry_run=dry_run)
+    finally:
+        await remote.close()
+    verb = "would move" if dry_run else "moved"
+    print(f"{verb} {report.moved} keys to the cluster key style; {report.finished} finished "
+          f"from an interrupted run; {report.already} already in the cluster style")
+    for key in report.conflicts:
+        print(f"conflict: {key} and its cluster name hold different values (left alone)")
+    if not dry_run and not report.conflicts:
+        print("recorded the cluster key style in cal:meta:layout")
+    return 1 if report.conflicts else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cal_redis`` / ``cal-redis``."""
     parser = argparse.ArgumentParser(prog="python -m cal_redis", description=_DESCRIPTION)
@@ -252,6 +274,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_watch.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
     p_watch.add_argument("--interval", type=float, default=5.0, metavar="S",
                          help="seconds between two lines of rates (default 5)")
+    p_mig = sub.add_parser(
+        "migrate-keys", help="move a standalone key layout to the cluster key style",
+        description="Give every key of the standalone key style its cluster-style name "
+        "(the ident hashes and every account key; DUMP/RESTORE keeping the TTL, then DEL "
+        "of the old name), then record the cluster style in cal:meta:layout. Safe to run "
+        "again after an interruption; stop every writer while it runs. Exit status 1 when "
+        "a key and its new name hold different values (both are left alone). See "
+        "docs/deployment.md.",
+    )
+    p_mig.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST)")
+    p_mig.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
     # The bench's options belong to cal_redis.bench (`bench --help`), which is imported
     # only when the subcommand runs; everything after "bench" is handed to it.
     sub.add_parser(
@@ -279,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(watch(_url(args.url), account=args.account, count=args.count,
                               seconds=args.seconds, interval=args.interval))
             return 0
+        if args.command == "migrate-keys":
+            return asyncio.run(_migrate_keys(args.url, args.dry_run))
         if args.command == "bench":
             from .bench import main as bench_main
 
