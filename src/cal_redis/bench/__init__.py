@@ -53,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time the L1 hits of a cache whose metrics an OpenTelemetry "
                    "meter provider records, beside the same hits without one (needs the "
                    "prometheus extra)")
+    p.add_argument("--cluster", action="store_true",
+                   help="also the cluster rows (L2 hit, batch, set_user, propagation) beside "
+                   "redis-py's RedisCluster, on an embedded 3+3 cluster (or --cluster-url)")
+    p.add_argument("--cluster-url", metavar="URL",
+                   help="the redis+cluster:// URL of the cluster rows; every master is "
+                   "FLUSHDB'd first")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--chart", metavar="FILE", help="also write a PNG chart (needs matplotlib)")
 
@@ -93,12 +99,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _progress("starting a private redis-server")
         server = EmbeddedRedis().start()
         url = server.url
+    cluster = None
+    cluster_url: str | None = args.cluster_url
+    if args.cluster and not cluster_url:
+        from ..embedded import EmbeddedCluster
+
+        _progress("starting a private 3+3 Redis Cluster")
+        cluster = EmbeddedCluster().start()
+        cluster_url = cluster.url
     try:
         report = _run(run_bench(url, quick=args.quick, progress=_progress,
-                                metrics=args.metrics), args.loop)
+                                metrics=args.metrics, cluster_url=cluster_url), args.loop)
     finally:
         if server is not None:
             server.stop()
+        if cluster is not None:
+            cluster.stop()
     print(format_table(report))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -212,10 +212,47 @@ def _machine(server_version: str) -> dict[str, str]:
 Progress = Callable[[str], None]
 
 
+async def run_cluster(url: str, *, quick: bool, progress: Progress) -> list[Result]:
+    """The cluster rows (:mod:`._cluster`) against the Redis Cluster at ``url``."""
+    from ._cluster import cluster_propagation, cluster_scenarios, stock_cluster
+
+    cache = await CallableCache.connect(url, config=replace(BENCH_CONFIG, metrics=False))
+    stock = stock_cluster(url)
+    results: list[Result] = []
+    try:
+        await stock.flushdb(target_nodes=stock.PRIMARIES)
+        for sc in await cluster_scenarios(cache, stock):
+            progress(sc.name)
+            samples = await interleave(sc.sides, sc.rounds[0 if quick else 1], sc.per_round,
+                                       sc.warmup)
+            trips = {name: await count_round_trips(side) for name, side in sc.sides.items()}
+            results.extend(_results(sc, samples, trips))
+        await cache.close()
+        progress("cluster: event propagation")
+        prop = await cluster_propagation(url, stock, 300 if quick else 1500)
+    finally:
+        await cache.close()
+        await stock.aclose()
+    # Reported, not gated: on Redis 7.0 both sides are bimodal (messages that wait
+    # ~40 ms on the cluster bus, docs/deployment.md), so no ratio of theirs is stable.
+    ours, base = Stats.of(prop["ours"]), Stats.of(prop["raw"])
+    slow = {k: sum(x > 0.01 for x in v) for k, v in prop.items()}
+    results.append(Result(
+        "cl_propagation", "cluster: propagation: set_user -> peer's L1",
+        f"raw PUBLISH on the users' master -> a raw subscriber on another node, 200 B "
+        f"(samples over 10 ms: ours {slow['ours']}, raw {slow['raw']} of {ours.n} each)",
+        ours, base, "p50", ours.median / base.median, 3.0, None, None, "", None, None,
+        ratio_gated=False))
+    return results
+
+
 async def run_bench(
-    url: str, *, quick: bool, progress: Progress, metrics: bool = False
+    url: str, *, quick: bool, progress: Progress, metrics: bool = False,
+    cluster_url: str | None = None,
 ) -> dict[str, Any]:
     """Run every scenario against the Redis at ``url``; return the report as a dict.
+
+    ``cluster_url``: also the cluster rows against that Redis Cluster (:func:`run_cluster`).
 
     ``metrics``: the L1-hit rows are also measured with an OpenTelemetry SDK meter
     provider recording the cache's metrics (the ``prometheus`` extra), beside the same
@@ -265,6 +302,9 @@ async def run_bench(
     conc = await measure_concurrency(url, window=window, rounds=rounds, warmup=conc_warmup,
                                      pair=pair, progress=progress)
     checks = concurrency_checks(conc)
+    if cluster_url is not None:
+        progress("cluster rows")
+        results.extend(await run_cluster(cluster_url, quick=quick, progress=progress))
     # The ratio gates were derived on asyncio's loop (docs/benchmarks.md): on another
     # loop they are reported, not applied; errors, round trips and exact checks are.
     gated = machine["loop"] == "asyncio"
