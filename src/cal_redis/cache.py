@@ -15,6 +15,7 @@ from .api.cache_first import ACCOUNT, DEVICE, PROXY, REGION, USER, CacheFirstOps
 from .api.conversations import ConversationOps
 from .api.events import SyncOps
 from .api.flow_states import FLOW_STATE, FlowStateOps
+from .api.invalidation import InvalidationOps
 from .api.queues import QueueOps
 from .api.sessions import SessionOps
 from .api.trunk_ip import TRUNK_IP, TrunkIpOps
@@ -39,7 +40,7 @@ _NAMESPACES = ("regions", "proxies", "accounts", "users", "devices", "trunks_ip"
 
 class CallableCache(
     SyncOps, CacheFirstOps, TrunkIpOps, SessionOps, AgentOps, QueueOps, ConversationOps, WsOps,
-    FlowStateOps, AccountDataOps,
+    FlowStateOps, AccountDataOps, InvalidationOps,
 ):
     """Typed async access to the platform's shared data over L1 (in-process) and L2 (Redis).
 

@@ -278,7 +278,9 @@ class Event(Model, frozen=True, kw_only=True, omit_defaults=True):
 
     ``type`` is e.g. ``UserUpdate``; ``data``, when present, is the full new object
     as raw JSON (decoded lazily into the entity's type by the subscriber); an empty
-    ``Raw`` means absent. Fields left at their default are omitted on the wire.
+    ``Raw`` means absent. ``ids`` is the batch of ids of an ``<Kind>Invalidate``
+    event (docs/wire-format.md, "Events"). Fields left at their default are omitted
+    on the wire.
     """
 
     type: str
@@ -287,6 +289,7 @@ class Event(Model, frozen=True, kw_only=True, omit_defaults=True):
     origin: str = ""
     ts: int = 0
     data: msgspec.Raw = msgspec.Raw(b"")
+    ids: tuple[str, ...] = ()
 
     @property
     def has_data(self) -> bool:

@@ -48,6 +48,9 @@ class EntitySpec(Generic[T]):
     idents_key: Callable[[KeyBuilder, str | None], str] | None = None
     ident_fields: tuple[str, ...] = ()
     scoped: bool = False  # account-scoped keys (devices)
+    #: The field naming the account an entity of a global kind belongs to (what
+    #: ``drop_account`` matches); entities without that field belong to none.
+    tenant_field: str = "account_id"
 
 
 class Entities(Generic[T]):
@@ -531,24 +534,86 @@ class Entities(Generic[T]):
     def drop_local(self, action: str, event: Event, account_id: str | None) -> None:
         """This instance published ``event`` by hand: drop what it names from L1."""
         if action == "Sync":
-            self.l1.invalidate_all()
+            self._sync(account_id)
+        elif action == "Invalidate":
+            self._invalidate_ids(account_id, event.ids)
         else:
             self.l1.invalidate(self.l1_key(account_id, event.id))
+
+    def _sync(self, account_id: str | None) -> None:
+        """``Sync``: the namespace dropped, or only the account's entries of a scoped kind."""
+        if self.spec.scoped and account_id is not None:
+            self.drop_account(account_id)
+            return
+        self.l1.invalidate_all()
+        self.pending.clear()
+
+    def _invalidate_ids(self, account_id: str | None, ids: Sequence[str]) -> None:
+        """``Invalidate``: drop each id's entry and the ident entries its cached value had.
+
+        Every valid id is dropped; an invalid one then raises ValidationError (the
+        event is counted as malformed).
+        """
+        if self.spec.scoped:
+            validate_id(account_id, "account_id")
+        l1 = self.l1
+        bad: ValidationError | None = None
+        for i, id_ in enumerate(ids):
+            try:
+                validate_id(id_, f"ids[{i}]")
+            except ValidationError as err:
+                bad = bad or err
+                continue
+            key = self.l1_key(account_id, id_)
+            old = l1.peek(key)
+            if old is not None:
+                for ident in self.idents_of(old):
+                    l1.invalidate(self._ident_l1_key(account_id, ident))
+            l1.invalidate(key)
+        if bad is not None:
+            raise bad
+
+    def drop_account(self, account_id: str) -> int:
+        """Drop every L1 entry of ``account_id``; return how many were dropped.
+
+        Scoped kinds: every key of the account (entities and ident mappings). Global
+        kinds: the entities whose ``tenant_field`` is the account, and the ident
+        mappings that point to them. Like ``Sync``, it rejects every fill in flight
+        in the namespace (one may be about to store a value read before the change).
+        """
+        l1 = self.l1
+        if self.spec.scoped:
+            for key in [k for k in self.pending if k[0] == account_id]:  # type: ignore[index]
+                del self.pending[key]
+            return l1.invalidate_where(lambda k: type(k) is tuple and k[0] == account_id)
+        field = self.spec.tenant_field
+        held = l1.keys()  # a snapshot (the LRU is not iterable)
+        ids = {
+            k for k in held
+            if type(k) is not tuple and getattr(l1.peek(k), field, None) == account_id
+        }
+        if field == "id":
+            ids.add(account_id)
+        return l1.invalidate_where(lambda k: k in ids or (type(k) is tuple and l1.peek(k) in ids))
 
     def apply_event(self, action: str, event: Event, account_id: str | None) -> str:
         """Apply one event of this entity to L1; return what was done (for counters).
 
         ``Create``/``Update`` with data refresh the entry, without data invalidate it;
-        ``Delete`` invalidates; ``Sync`` drops the namespace. An own echo only
-        settles the pending count; a foreign event older than a pending own write
-        is ignored. Data that cannot be decoded, or names another entity, still
-        invalidates the key, then raises SerializationError (counted as malformed).
+        ``Delete`` invalidates; ``Invalidate`` drops the entries of its ``ids``;
+        ``Sync`` drops the namespace (for a scoped kind: the account's entries). An
+        own echo only settles the pending count; a foreign event older than a
+        pending own write is ignored. Data that cannot be decoded, or names another
+        entity, still invalidates the key, then raises SerializationError (counted as
+        malformed).
         """
         l1 = self.l1
         if action == "Sync":
-            l1.invalidate_all()
-            self.pending.clear()
+            self._sync(account_id)
             return "sync"
+        if action == "Invalidate":  # dropping is safe in any order: own ones too
+            self._invalidate_ids(account_id, event.ids)
+            return "invalidate"
         id_ = validate_id(event.id, "id")
         if self.spec.scoped:
             validate_id(account_id, "account_id")

@@ -10,6 +10,13 @@ L1 cannot be trusted: :meth:`Dispatcher.degraded` stops filling L1, stops tracki
 writes and flushes it; :meth:`Dispatcher.connected` (the subscriptions are confirmed)
 flushes it once more (whatever was cached before may have missed an event; a fill
 that began before is fenced out by the flush) and opens the gate again.
+
+**Selective invalidation.** ``<Kind>Invalidate`` drops the entries of the ids in its
+``ids``; ``<Kind>Sync`` of an account-scoped kind (on an account channel) drops only
+that account's entries; :data:`TENANT_INVALIDATE` on an account channel drops that
+account's entries in every namespace (each engine's ``drop_account``). Dropping is
+safe in any order, so these events are applied even when they are this instance's
+own (docs/wire-format.md, "Events").
 """
 
 from __future__ import annotations
@@ -31,12 +38,22 @@ if TYPE_CHECKING:
     from .._context import Context
     from .streams import Hub
 
-__all__ = ("ACTIONS", "MAX_EVENT_BYTES", "Counters", "Dispatcher", "EventTarget")
+__all__ = (
+    "ACTIONS",
+    "MAX_EVENT_BYTES",
+    "TENANT_INVALIDATE",
+    "Counters",
+    "Dispatcher",
+    "EventTarget",
+)
 
 log = logging.getLogger("cal_redis.sync")
 
 #: The actions of an entity event type (``<Kind><Action>``, e.g. ``UserUpdate``).
-ACTIONS: Final = ("Create", "Update", "Delete", "Sync")
+ACTIONS: Final = ("Create", "Update", "Delete", "Sync", "Invalidate")
+#: The event type that drops one account's entries from every namespace; valid only on
+#: that account's channel (the channel names the account).
+TENANT_INVALIDATE: Final = "TenantInvalidate"
 #: Payloads larger than this are rejected unparsed (counted as malformed).
 MAX_EVENT_BYTES: Final = 1 << 20
 #: A warning per problem kind at most this often (seconds); repeats go to debug.
@@ -56,6 +73,9 @@ class EventTarget(Protocol):
 
     def drop_local(self, action: str, event: Event, account_id: str | None) -> None:
         """This instance published ``event`` by hand: drop what it names."""
+
+    def drop_account(self, account_id: str) -> int:
+        """Drop every L1 entry of ``account_id``; return how many were dropped."""
 
 
 class Counters:
@@ -106,7 +126,7 @@ class Kind:
 class Dispatcher:
     """Routes events to engines and app subscriptions; owns the L1 gate policy."""
 
-    __slots__ = ("_ctx", "_hub", "apply_l1", "counters", "types", "warn")
+    __slots__ = ("_ctx", "_hub", "_targets", "apply_l1", "counters", "types", "warn")
 
     def __init__(
         self, ctx: Context, hub: Hub, targets: Mapping[str, tuple[EventTarget, bool]]
@@ -125,6 +145,9 @@ class Dispatcher:
             for prefix, (target, scoped) in targets.items()
             for action in ACTIONS
         }
+        self._targets: tuple[EventTarget, ...] = tuple(
+            {id(target): target for target, _ in targets.values()}.values()
+        )
 
     # -- the gate ------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -212,6 +235,14 @@ class Dispatcher:
         """Apply an event to L1; False when it is malformed (not passed on)."""
         c = self.counters
         kind = self.types.get(event.type)
+        if kind is None and event.type == TENANT_INVALIDATE:
+            if account is None:
+                c.malformed += 1
+                self.warn("scope", "%s event on the wrong channel %r ignored", event.type, channel)
+                return False
+            self.drop_account(account)
+            c.applied += 1
+            return True
         if kind is None:
             # Application events (publish_account_event) are legitimate: debug only.
             c.unknown += 1
@@ -244,3 +275,9 @@ class Dispatcher:
         kind = self.types.get(event.type)
         if kind is not None:
             kind.target.drop_local(kind.action, event, account)
+        elif event.type == TENANT_INVALIDATE and account is not None:
+            self.drop_account(account)
+
+    def drop_account(self, account_id: str) -> int:
+        """Drop ``account_id``'s entries from every namespace of L1; return how many."""
+        return sum(target.drop_account(account_id) for target in self._targets)
