@@ -7,8 +7,9 @@ An in-process L1 (Cython LRU, byte-bounded, TTL per namespace) over Redis/Valkey
 from __future__ import annotations
 
 from ._fast import EXTENSION_ACTIVE
+from .api.warming import NamespaceWarm, WarmResult
 from .cache import CallableCache
-from .config import CacheConfig, EntryWeight, NamespaceBudget
+from .config import CacheConfig, EntryWeight, NamespaceBudget, WarmPlan
 from .embedded import EmbeddedRedis, EmbeddedRedisError
 from .errors import (
     CalRedisError,
@@ -71,6 +72,7 @@ __all__ = (
     "Hook",
     "KeyBuilder",
     "NamespaceBudget",
+    "NamespaceWarm",
     "NotFoundError",
     "Proxy",
     "QueueMeta",
@@ -83,6 +85,8 @@ __all__ = (
     "Trunk",
     "User",
     "ValidationError",
+    "WarmPlan",
+    "WarmResult",
     "WsConnection",
     "__version__",
 )

@@ -1,4 +1,5 @@
-"""``python -m cal_redis``: demo, doctor (and bench, see docs/benchmarks.md)."""
+"""``python -m cal_redis``: demo, doctor, the operator tools (backup, restore, warm;
+docs/operations.md, "Operator tools") and bench (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from . import __version__
 from ._fast import EXTENSION_ACTIVE
 from ._fmt import fmt_time as _fmt
 from .cache import CallableCache
+from .config import MB, WARMABLE, CacheConfig
 from .embedded import EmbeddedRedis
 from .errors import CalRedisError
 from .models import Account, Device, Region, User, now_ms
@@ -160,6 +162,64 @@ async def _doctor(url: str | None) -> int:
     return 0
 
 
+def _read_ids(path: str | None) -> list[str] | None:
+    """The ids of a file, one per line (blank lines ignored); None without a file."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+async def _warm(args: argparse.Namespace, users: list[str] | None) -> int:
+    from ._progress import Bar, progress_bar
+
+    names = [n for n in (args.namespaces or "").split(",") if n]
+    if args.all_users and "users" not in names:
+        names.append("users")
+    config = CacheConfig(sync=False)  # this process only measures: no events to follow
+    if args.budget_mb:
+        for name in {*names, *(["users"] if users else []), *(["devices"] if args.devices else [])}:
+            config = config.with_budget(name, max_bytes=int(args.budget_mb * MB),
+                                        ttl=config.budget(name).ttl)
+    bars: dict[str, Bar] = {}
+
+    def progress(namespace: str, done: int, total: int | None) -> None:
+        bar = bars.get(namespace)
+        if bar is None:
+            bar = bars[namespace] = progress_bar(f"warm {namespace}", total, "entry")
+        bar.advance_to(done)
+
+    async with await CallableCache.connect(args.url, config=config) as cache:
+        result = await cache.warm(names, users=users, devices=args.devices or (),
+                                  progress=progress, page=args.page)
+        for bar in bars.values():
+            bar.close()
+        if args.json:
+            import json
+
+            print(json.dumps(result.as_dict(), indent=2))
+            return 0
+        print(f"warmed from {cache.remote.safe_url} into a {cache.local.implementation} L1")
+        print(f"{'namespace':<12}{'read':>10}{'stored':>10}{'MB read':>10}{'seconds':>10}"
+              f"{'entries/s':>12}  complete")
+        for n in result.namespaces.values():
+            rate = n.read / n.seconds if n.seconds else 0.0
+            print(f"{n.namespace:<12}{n.read:>10}{n.stored:>10}{n.bytes / MB:>10.2f}"
+                  f"{n.seconds:>10.3f}{rate:>12,.0f}  {'yes' if n.complete else 'no: budget full'}")
+        print(f"{'total':<12}{result.read:>10}{result.stored:>10}{result.bytes / MB:>10.2f}"
+              f"{result.seconds:>10.3f}")
+    return 0
+
+
+_WARM_HELP = """Warm an L1 from Redis the way CallableCache.warm() / CacheConfig(warm=WarmPlan(...))
+does at connect, and print what it read, what it stored and how long it took per
+namespace. This process' L1 is thrown away afterwards: the command measures a
+warm-up (and checks the data decodes) before it is configured in a service.
+Whole tables are read with HSCAN (never KEYS, never one giant reply), id lists with
+HMGETs of 1,000 ids; every fill is fenced, so it never overrides a concurrent write.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cal_redis`` / ``cal-redis``."""
     parser = argparse.ArgumentParser(prog="python -m cal_redis", description=__doc__)
@@ -169,6 +229,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--users", type=int, default=100, help="users to write (default 100)")
     p_doc = sub.add_parser("doctor", help="print versions, extension and server status")
     p_doc.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST, else embedded)")
+    p_warm = sub.add_parser(
+        "warm", help="warm an L1 from Redis and time it", description=_WARM_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_warm.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST)")
+    p_warm.add_argument(
+        "--namespaces", default="regions,proxies,accounts", metavar="LIST",
+        help=f"comma-separated whole tables to warm, among {','.join(WARMABLE)} "
+             "(default: regions,proxies,accounts; '' for none)",
+    )
+    p_warm.add_argument("--all-users", action="store_true",
+                        help="warm the whole users table too (up to its budget)")
+    p_warm.add_argument("--users-file", metavar="FILE",
+                        help="warm these user ids (one per line) instead of the whole table")
+    p_warm.add_argument("--devices", action="append", metavar="ACCOUNT",
+                        help="warm this account's devices (repeat for more accounts)")
+    p_warm.add_argument("--budget-mb", type=float, metavar="MB",
+                        help="L1 budget of every warmed namespace, in MB (default: "
+                             "CacheConfig's); raise it to time a warm-up of everything")
+    p_warm.add_argument("--page", type=int, default=1000,
+                        help="fields asked per HSCAN call (default 1000)")
+    p_warm.add_argument("--json", action="store_true", help="print the result as JSON")
     # The bench's options belong to cal_redis.bench (`bench --help`), which is imported
     # only when the subcommand runs; everything after "bench" is handed to it.
     sub.add_parser(
@@ -184,11 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "doctor":
             return asyncio.run(_doctor(args.url))
+        if args.command == "warm":
+            return asyncio.run(_warm(args, _read_ids(args.users_file)))
         if args.command == "bench":
             from .bench import main as bench_main
 
             return bench_main(rest)
-    except CalRedisError as err:
+    except (CalRedisError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ and writes (set, partial update, delete) through the one write path
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -21,6 +22,7 @@ from .. import codec
 from ..errors import CalRedisError, NotFoundError, SerializationError, ValidationError
 from ..keys import KeyBuilder, validate_id, validate_ident, validate_ids
 from ..models import Event, Model
+from ..remote import HMGET_CHUNK, scan_entries
 from .coalesce import HashReader
 from .single_flight import SingleFlight
 from .writes import KNOWN, Guess, Step, Target, write
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from .._fast import LRUCache
 
 __all__ = ("EntitySpec", "Entities")
+
+log = logging.getLogger("cal_redis.warm")
 
 T = TypeVar("T", bound=Model)
 
@@ -307,23 +311,153 @@ class Entities(Generic[T]):
         token = l1.begin_fill()
         try:
             raws = await self._remote.hmget("HMGET " + hkey, hkey, ids)
-            values = codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)
-            try:
-                sizes = list(map(len, raws))  # type: ignore[arg-type]
-            except TypeError:  # some ids are missing (None): check and fill the others
-                got = [j for j, r in enumerate(raws) if r is not None]
-                fkeys = [keys[j] for j in got]
-                fvalues: list[Any] = [values[j] for j in got]
-                self._check_batch(fvalues, [ids[j] for j in got], hkey, account_id)
-                sizes = [len(raws[j]) for j in got]  # type: ignore[arg-type]
-            else:
-                fkeys, fvalues = keys, values
-                self._check_batch(fvalues, ids, hkey, account_id)  # type: ignore[arg-type]
-            if self._gate.fill_ok:
-                self._ctx.local.fill_many(self.spec.namespace, fkeys, fvalues, sizes, token)
-            return values
+            return self._fill_batch(hkey, keys, ids, raws, account_id, token)[0]
         finally:
             l1.end_fill()
+
+    def _fill_batch(
+        self, hkey: str, keys: Sequence[Hashable], ids: Sequence[str],
+        raws: Sequence[bytes | None], account_id: str | None, token: int,
+        room: int | None = None,
+    ) -> tuple[list[T | None], int, int, bool]:
+        """Decode ``raws`` (the values of ``ids`` in ``hkey``, None where missing) in
+        order, check them, and fill them into L1 with the fill ``token`` (fenced: an
+        entry written or invalidated since the token was taken is not overwritten).
+
+        With ``room`` (bytes of L1 weight), only the first entries that fit in it are
+        filled. Returns the values, the entries stored, the JSON bytes of the
+        entries found, and whether every entry found fitted in ``room``.
+        """
+        values = codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)
+        try:
+            sizes = list(map(len, raws))  # type: ignore[arg-type]
+        except TypeError:  # some ids are missing (None): check and fill the others
+            got = [j for j, r in enumerate(raws) if r is not None]
+            fkeys: Sequence[Hashable] = [keys[j] for j in got]
+            fvalues: Sequence[Any] = [values[j] for j in got]
+            self._check_batch(fvalues, [ids[j] for j in got], hkey, account_id)  # type: ignore[arg-type]
+            sizes = [len(raws[j]) for j in got]  # type: ignore[arg-type]
+        else:
+            fkeys, fvalues = keys, values
+            self._check_batch(fvalues, ids, hkey, account_id)  # type: ignore[arg-type]
+        nbytes = sum(sizes)
+        fits = True
+        if room is not None:
+            for n, weight in enumerate(self._ctx.local.weights(self.spec.namespace, sizes)):
+                room -= weight
+                if room < 0:  # the first n fit
+                    fits = False
+                    fkeys, fvalues, sizes = fkeys[:n], fvalues[:n], sizes[:n]
+                    break
+        stored = 0
+        if self._gate.fill_ok and fkeys:
+            stored = self._ctx.local.fill_many(self.spec.namespace, fkeys, fvalues, sizes, token)
+        return values, stored, nbytes, fits
+
+    # -- warming ----------------------------------------------------------------------
+    async def warm_ids(
+        self, account_id: str | None, ids: Sequence[str], *, chunk: int = 10 * HMGET_CHUNK,
+        progress: Callable[[int], object] | None = None,
+    ) -> tuple[int, int, int, bool]:
+        """Fill L1 with the entities ``ids`` (validated by the caller): HMGETs of up
+        to ``chunk`` ids per round trip (pipelined by 1,000), each round trip one
+        fenced fill, as a batch read does. Stops when the namespace's budget is
+        full. Returns (entities found, stored, JSON bytes, complete).
+        """
+        hkey = self._hkey(account_id)
+        scoped = self.spec.scoped
+        l1 = self.l1
+        found = stored = nbytes = 0
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            keys: Sequence[Hashable] = [(account_id, i) for i in part] if scoped else part
+            token = l1.begin_fill()
+            try:
+                raws = await self._remote.hmget("HMGET " + hkey, hkey, part)
+                room = l1.max_weight - l1.weight
+                got, n, size, fits = self._fill_tolerant(hkey, keys, part, raws, account_id,
+                                                         token, room)
+            finally:
+                l1.end_fill()
+            found, stored, nbytes = found + got, stored + n, nbytes + size
+            if progress is not None:
+                progress(start + len(part))
+            if not fits:
+                return found, stored, nbytes, False
+        return found, stored, nbytes, True
+
+    async def warm_all(
+        self, account_id: str | None, *, count: int = HMGET_CHUNK,
+        progress: Callable[[int], object] | None = None,
+    ) -> tuple[int, int, int, bool]:
+        """Fill L1 with the whole table (``HSCAN``, ``count`` fields asked per page),
+        each page one fenced fill, until the namespace's budget is full. Returns
+        (entities found, stored, JSON bytes, complete: the whole table fitted).
+        """
+        hkey = self._hkey(account_id)
+        scoped = self.spec.scoped
+        l1 = self.l1
+        found = stored = nbytes = 0
+        pages = scan_entries(self._remote, "HSCAN", hkey, count=count)
+        try:
+            while True:
+                token = l1.begin_fill()  # before the read: a write meanwhile wins
+                try:
+                    page = await anext(pages, None)
+                    if page is None:
+                        return found, stored, nbytes, True
+                    ids: list[str] = []
+                    raws: list[bytes | None] = []
+                    for field, raw in zip(page[::2], page[1::2], strict=True):
+                        try:
+                            ids.append(validate_id(field.decode(), "field"))
+                        except (UnicodeDecodeError, ValidationError):
+                            log.warning("warm %s: field %r is not an id, skipped", hkey, field)
+                            continue
+                        raws.append(raw)
+                    keys: Sequence[Hashable] = [(account_id, i) for i in ids] if scoped else ids
+                    room = l1.max_weight - l1.weight
+                    got, n, size, fits = self._fill_tolerant(hkey, keys, ids, raws, account_id,
+                                                             token, room)
+                finally:
+                    l1.end_fill()
+                found, stored, nbytes = found + got, stored + n, nbytes + size
+                if progress is not None:
+                    progress(found)
+                if not fits:
+                    return found, stored, nbytes, False
+        finally:
+            await pages.aclose()
+
+    def _fill_tolerant(
+        self, hkey: str, keys: Sequence[Hashable], ids: Sequence[str],
+        raws: Sequence[bytes | None], account_id: str | None, token: int, room: int,
+    ) -> tuple[int, int, int, bool]:
+        """:meth:`_fill_batch` that skips (and logs) entries that do not decode or name
+        another entity, instead of failing the whole page: a warm-up fills what it can.
+        Returns (found, stored, JSON bytes, fits)."""
+        try:
+            values, n, size, fits = self._fill_batch(hkey, keys, ids, raws, account_id, token,
+                                                     room)
+            return len(values) - values.count(None), n, size, fits
+        except SerializationError:
+            pass
+        good = []
+        for j, (id_, raw) in enumerate(zip(ids, raws, strict=True)):
+            if raw is None:
+                continue
+            try:
+                self._checked(codec.decode(raw, self.spec.model, key=hkey, field=id_), hkey,
+                              id_, account_id)
+            except SerializationError as err:
+                log.warning("warm: %s skipped", err)
+                continue
+            good.append(j)
+        _, n, size, fits = self._fill_batch(
+            hkey, [keys[j] for j in good], [ids[j] for j in good],
+            [raws[j] for j in good], account_id, token, room,
+        )
+        return len(good), n, size, fits
 
     def _check_batch(self, values: list[T], ids: list[str], hkey: str, account_id: str | None) -> None:
         if list(map(_get_id, values)) != ids or (

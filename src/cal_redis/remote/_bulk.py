@@ -16,7 +16,7 @@ primary with that node's client; nothing here assumes a single server.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.exceptions as rexc
@@ -113,7 +113,7 @@ def _cursor_done(cursor: Any) -> bool:
 
 async def scan_keys(
     remote: Remote, match: str, *, count: int = 1000, client: Any = None
-) -> AsyncIterator[list[bytes]]:
+) -> AsyncGenerator[list[bytes], None]:
     """Pages of the keys of one node (default: the remote's server) matching the glob
     ``match``: a ``SCAN`` cursor loop, ``count`` keys asked per call (never ``KEYS``).
 
@@ -135,7 +135,7 @@ async def scan_keys(
 
 async def scan_entries(
     remote: Remote, command: str, key: str | bytes, *, count: int = 500, client: Any = None
-) -> AsyncIterator[list[bytes]]:
+) -> AsyncGenerator[list[bytes], None]:
     """Pages of one hash, set or sorted set: ``command`` is ``HSCAN``, ``SSCAN`` or
     ``ZSCAN``. Each page is the flat list Redis sent: field, value, field, value...
     (``HSCAN``), members (``SSCAN``), member, score... (``ZSCAN``; scores as Redis
