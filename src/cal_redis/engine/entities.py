@@ -38,6 +38,8 @@ log = logging.getLogger("cal_redis.warm")
 T = TypeVar("T", bound=Model)
 
 _IDENT = "\x00ident"  # marks ident -> id entries in the entity's L1 namespace
+#: A page of a warm-up: ids, their stored values (None: missing), progress so far.
+_Page = tuple[Sequence[str], Sequence["bytes | None"], int]
 _get_id = attrgetter("id")
 
 
@@ -362,29 +364,20 @@ class Entities(Generic[T]):
         """Fill L1 with the entities ``ids`` (validated by the caller): HMGETs of up
         to ``chunk`` ids per round trip (pipelined by 1,000), each round trip one
         fenced fill, as a batch read does. Stops when the namespace's budget is
-        full. Returns (entities found, stored, JSON bytes, complete).
+        full. Returns (entities found, stored, JSON bytes, complete);
+        ``progress(ids asked so far)`` after each round trip.
         """
         hkey = self._hkey(account_id)
-        scoped = self.spec.scoped
-        l1 = self.l1
-        found = stored = nbytes = 0
-        for start in range(0, len(ids), chunk):
+        starts = iter(range(0, len(ids), chunk))
+
+        async def next_page() -> _Page | None:
+            start = next(starts, None)
+            if start is None:
+                return None
             part = ids[start : start + chunk]
-            keys: Sequence[Hashable] = [(account_id, i) for i in part] if scoped else part
-            token = l1.begin_fill()
-            try:
-                raws = await self._remote.hmget("HMGET " + hkey, hkey, part)
-                room = l1.max_weight - l1.weight
-                got, n, size, fits = self._fill_tolerant(hkey, keys, part, raws, account_id,
-                                                         token, room)
-            finally:
-                l1.end_fill()
-            found, stored, nbytes = found + got, stored + n, nbytes + size
-            if progress is not None:
-                progress(start + len(part))
-            if not fits:
-                return found, stored, nbytes, False
-        return found, stored, nbytes, True
+            return part, await self._remote.hmget("HMGET " + hkey, hkey, part), start + len(part)
+
+        return await self._warm(account_id, hkey, next_page, progress)
 
     async def warm_all(
         self, account_id: str | None, *, count: int = HMGET_CHUNK,
@@ -392,42 +385,63 @@ class Entities(Generic[T]):
     ) -> tuple[int, int, int, bool]:
         """Fill L1 with the whole table (``HSCAN``, ``count`` fields asked per page),
         each page one fenced fill, until the namespace's budget is full. Returns
-        (entities found, stored, JSON bytes, complete: the whole table fitted).
+        (entities found, stored, JSON bytes, complete: the whole table fitted);
+        ``progress(entries read so far)`` after each page.
         """
         hkey = self._hkey(account_id)
-        scoped = self.spec.scoped
-        l1 = self.l1
-        found = stored = nbytes = 0
         pages = scan_entries(self._remote, "HSCAN", hkey, count=count)
-        try:
-            while True:
-                token = l1.begin_fill()  # before the read: a write meanwhile wins
+        done = 0
+
+        async def next_page() -> _Page | None:
+            nonlocal done
+            page = await anext(pages, None)
+            if page is None:
+                return None
+            ids: list[str] = []
+            raws: list[bytes | None] = []
+            for field, raw in zip(page[::2], page[1::2], strict=True):
                 try:
-                    page = await anext(pages, None)
-                    if page is None:
-                        return found, stored, nbytes, True
-                    ids: list[str] = []
-                    raws: list[bytes | None] = []
-                    for field, raw in zip(page[::2], page[1::2], strict=True):
-                        try:
-                            ids.append(validate_id(field.decode(), "field"))
-                        except (UnicodeDecodeError, ValidationError):
-                            log.warning("warm %s: field %r is not an id, skipped", hkey, field)
-                            continue
-                        raws.append(raw)
-                    keys: Sequence[Hashable] = [(account_id, i) for i in ids] if scoped else ids
-                    room = l1.max_weight - l1.weight
-                    got, n, size, fits = self._fill_tolerant(hkey, keys, ids, raws, account_id,
-                                                             token, room)
-                finally:
-                    l1.end_fill()
-                found, stored, nbytes = found + got, stored + n, nbytes + size
-                if progress is not None:
-                    progress(found)
-                if not fits:
-                    return found, stored, nbytes, False
+                    ids.append(validate_id(field.decode(), "field"))
+                except (UnicodeDecodeError, ValidationError):
+                    log.warning("warm %s: field %r is not an id, skipped", hkey, field)
+                    continue
+                raws.append(raw)
+            done += len(ids)
+            return ids, raws, done
+
+        try:
+            return await self._warm(account_id, hkey, next_page, progress)
         finally:
             await pages.aclose()
+
+    async def _warm(
+        self, account_id: str | None, hkey: str, next_page: Callable[[], Awaitable[_Page | None]],
+        progress: Callable[[int], object] | None,
+    ) -> tuple[int, int, int, bool]:
+        """Read pages with ``next_page()`` (ids, their values, progress so far; None at
+        the end), each read inside its own fill: the token is taken before the read,
+        so a write or event meanwhile wins. Stops when the budget is full."""
+        l1 = self.l1
+        scoped = self.spec.scoped
+        found = stored = nbytes = 0
+        while True:
+            token = l1.begin_fill()
+            try:
+                got_page = await next_page()
+                if got_page is None:
+                    return found, stored, nbytes, True
+                ids, raws, done = got_page
+                keys: Sequence[Hashable] = [(account_id, i) for i in ids] if scoped else ids
+                room = l1.max_weight - l1.weight
+                got, n, size, fits = self._fill_tolerant(hkey, keys, ids, raws, account_id,
+                                                         token, room)
+            finally:
+                l1.end_fill()
+            found, stored, nbytes = found + got, stored + n, nbytes + size
+            if progress is not None:
+                progress(done)
+            if not fits:
+                return found, stored, nbytes, False
 
     def _fill_tolerant(
         self, hkey: str, keys: Sequence[Hashable], ids: Sequence[str],
