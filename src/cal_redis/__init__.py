@@ -12,6 +12,7 @@ from .cache import CallableCache
 from .config import CacheConfig, EntryWeight, NamespaceBudget, WarmPlan
 from .embedded import EmbeddedRedis, EmbeddedRedisError
 from .errors import (
+    BackupFormatError,
     CalRedisError,
     ClosedError,
     ConfigurationError,
@@ -54,6 +55,7 @@ __all__ = (
     "AgentState",
     "AgentStatus",
     "Asset",
+    "BackupFormatError",
     "CacheConfig",
     "CalRedisError",
     "CallableCache",

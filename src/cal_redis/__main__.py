@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from . import __version__
 from ._fast import EXTENSION_ACTIVE
 from ._fmt import fmt_time as _fmt
+from ._progress import Bar
 from .cache import CallableCache
 from .config import MB, WARMABLE, CacheConfig
 from .embedded import EmbeddedRedis
@@ -171,7 +172,7 @@ def _read_ids(path: str | None) -> list[str] | None:
 
 
 async def _warm(args: argparse.Namespace, users: list[str] | None) -> int:
-    from ._progress import Bar, progress_bar
+    from ._progress import progress_bar
 
     names = [n for n in (args.namespaces or "").split(",") if n]
     if args.all_users and "users" not in names:
@@ -211,7 +212,103 @@ async def _warm(args: argparse.Namespace, users: list[str] | None) -> int:
     return 0
 
 
-_WARM_HELP = """Warm an L1 from Redis the way CallableCache.warm() / CacheConfig(warm=WarmPlan(...))
+async def _tool_cache(url: str | None) -> CallableCache:
+    """A cache used only for its connection: no L1, no event subscription."""
+    return await CallableCache.connect(url, config=CacheConfig(sync=False, local_cache=False))
+
+
+async def _backup(args: argparse.Namespace) -> int:
+    from ._progress import progress_bar
+    from .backup import backup
+    from .remote import raw_command
+
+    async with await _tool_cache(args.url) as cache:
+        total = int(await raw_command(cache.remote, "DBSIZE", "DBSIZE"))
+        bar = progress_bar("backup", total, "key")
+        try:
+            summary = await backup(cache.remote, args.out, accounts=args.account,
+                                   page=args.page, depth=args.depth, bar=bar)
+        finally:
+            bar.close()
+    if args.json:
+        import json
+
+        print(json.dumps(summary.as_dict(), indent=2))
+        return 0
+    who = f"accounts {', '.join(summary.accounts)}" if summary.accounts else "every cal: key"
+    print(f"backup of {who} from {cache.remote.safe_url} -> {summary.path}: {summary.keys} keys, "
+          f"{summary.records} records, {summary.entries} entries, "
+          f"{summary.bytes / MB:.2f} MB of JSON in {summary.seconds:.2f} s")
+    print(f"{'family':<22}{'keys':>10}{'entries':>12}{'MB':>10}")
+    for name, count in sorted(summary.families.items()):
+        print(f"{name:<22}{count.keys:>10}{count.entries:>12}{count.bytes / MB:>10.2f}")
+    return 0
+
+
+async def _restore(args: argparse.Namespace) -> int:
+    from ._progress import progress_bar
+    from .backup import RestoreCount, restore
+
+    def progress(total: int) -> Bar:
+        return progress_bar("restore", total, "record")
+
+    async with await _tool_cache(args.url) as cache:
+        summary = await restore(
+            cache.remote, args.file, mode=args.mode, dry_run=args.dry_run, depth=args.depth,
+            progress=progress, say=print if args.dry_run else None,
+        )
+    if args.json:
+        import json
+
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        what = "would be restored (dry run: nothing written)" if args.dry_run else "restored"
+        print(f"{summary.path} -> {cache.remote.safe_url}, mode {summary.mode}: {summary.records} "
+              f"records {what} in {summary.seconds:.2f} s")
+        columns = list(RestoreCount.__dataclass_fields__)
+        print(f"{'family':<22}" + "".join(f"{c:>11}" for c in columns))
+        for name, count in sorted(summary.families.items()):
+            print(f"{name:<22}" + "".join(f"{getattr(count, c):>11}" for c in columns))
+        if not args.dry_run:
+            for line in summary.conflicts_and_errors():
+                print(line)
+        for event in summary.events:
+            print(f"published {event}")
+    return 1 if summary.errors else 0
+
+
+_BACKUP_HELP = """\
+Write every cal: key of the layout (or, with --account, those tenants' keys plus
+their entries of the shared tables) to FILE: JSON lines, gzip when FILE ends in .gz.
+Each line holds a key (or a page of a large key): name, Redis type, remaining TTL,
+values byte for byte. The keyspace is walked with SCAN and large keys with
+HSCAN/SSCAN/ZSCAN/LRANGE/XRANGE pages (never KEYS, never one giant reply), so the
+server keeps serving other clients. FILE appears only once the backup is complete.
+It is a per-key copy, not a point-in-time snapshot (use BGSAVE for that).
+Key families come from the key builder, in both key styles; keys of any other
+cal: name are copied by their type. A progress bar is shown on a terminal when
+tqdm is installed (pip install 'cal-redis[tools]'). Prints keys, entries and MB
+per key family.
+"""
+
+_RESTORE_HELP = """\
+Recreate the keys of a backup FILE, with their types and their TTLs as they
+remained at backup time, in pipelined batches. The whole file is checked first: a
+corrupt or truncated line is reported with its line number and nothing is applied.
+--mode skip-existing (default): keys already in the target are left alone; a key
+of another type there is reported as a conflict, not overwritten.
+--mode replace: existing keys are deleted and recreated.
+A tenant backup's entries of shared tables are written field by field (HSETNX, or
+HSET with --mode replace); a shared table is never replaced whole. Keys not in the
+file are never touched, and running it twice gives the same data. Afterwards a
+<Kind>Sync event is published for every cached namespace (and account) written, so
+running caches drop what they hold of it. --dry-run prints what would change and
+writes nothing. Exit status 1 when a key could not be restored.
+"""
+
+
+_WARM_HELP = """\
+Warm an L1 from Redis the way CallableCache.warm() / CacheConfig(warm=WarmPlan(...))
 does at connect, and print what it read, what it stored and how long it took per
 namespace. This process' L1 is thrown away afterwards: the command measures a
 warm-up (and checks the data decodes) before it is configured in a service.
@@ -229,6 +326,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--users", type=int, default=100, help="users to write (default 100)")
     p_doc = sub.add_parser("doctor", help="print versions, extension and server status")
     p_doc.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST, else embedded)")
+    p_backup = sub.add_parser(
+        "backup", help="back up the cal: keys (or tenants) to a JSON lines file",
+        description=_BACKUP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_backup.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST)")
+    p_backup.add_argument("--out", required=True, metavar="FILE",
+                          help="the backup file (gzip when it ends in .gz)")
+    p_backup.add_argument("--account", action="append", metavar="ACCOUNT",
+                          help="back up only this tenant's data (repeat for more)")
+    p_backup.add_argument("--page", type=int, default=1000,
+                          help="keys per SCAN call and entries per page of a large key "
+                               "(default 1000)")
+    p_backup.add_argument("--depth", type=int, default=100,
+                          help="keys read per round trip (default 100)")
+    p_backup.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p_restore = sub.add_parser(
+        "restore", help="restore a backup file (idempotent; --dry-run shows changes)",
+        description=_RESTORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_restore.add_argument("file", metavar="FILE", help="a file written by backup")
+    p_restore.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST)")
+    p_restore.add_argument("--mode", choices=("skip-existing", "replace"), default="skip-existing",
+                           help="what to do with keys already there (default skip-existing)")
+    p_restore.add_argument("--dry-run", action="store_true",
+                           help="print what would change, write nothing")
+    p_restore.add_argument("--depth", type=int, default=100,
+                           help="script calls per round trip (default 100)")
+    p_restore.add_argument("--json", action="store_true", help="print the summary as JSON")
     p_warm = sub.add_parser(
         "warm", help="warm an L1 from Redis and time it", description=_WARM_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -268,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_doctor(args.url))
         if args.command == "warm":
             return asyncio.run(_warm(args, _read_ids(args.users_file)))
+        if args.command == "backup":
+            return asyncio.run(_backup(args))
+        if args.command == "restore":
+            return asyncio.run(_restore(args))
         if args.command == "bench":
             from .bench import main as bench_main
 
