@@ -486,3 +486,41 @@ def test_backup_and_restore_commands(
         help_text = capsys.readouterr().out
         assert all(w in help_text for w in words), command
     assert not os.path.exists(out + ".partial")
+
+
+@pytest.mark.parametrize("how", ["staging-expired", "part-dropped"])
+async def test_a_large_key_with_a_lost_part_is_never_committed(
+    cache: CallableCache, raw: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    from cal_redis.backup import load
+
+    raw.hset("cal:users", mapping={f"u{i}": f'{{"id":"u{i}"}}' for i in range(1000)})  # type: ignore[arg-type]
+    raw.set("cal:small", b"1")
+    path = tmp_path / "b.jsonl"
+    await backup(cache.remote, str(path), page=200)  # 5 records: 5 round trips at depth 1
+    raw.flushall()
+    real = load.raw_pipeline
+    lost: list[Any] = []
+
+    async def losing(remote: Any, what: str, commands: Any, **kw: Any) -> Any:
+        staged = raw.keys("cal-restore:*")
+        if staged and not lost:
+            if how == "staging-expired":  # between two parts
+                lost.extend(k for k in staged if not k.endswith(b":parts"))
+                raw.delete(*lost)
+            else:  # one part never reaches the server (it answers as if it had)
+                lost.append(commands[1])
+                commands = [commands[0], ("EVAL", "return {'staged', 'none', 0}", 0),
+                            *commands[2:]]
+        return await real(remote, what, commands, **kw)
+
+    monkeypatch.setattr(load, "raw_pipeline", losing)
+    summary = await restore(cache.remote, str(path), depth=1)
+    assert lost and raw.exists("cal:users") == 0  # not committed with a hole
+    assert raw.get("cal:small") == b"1"
+    assert summary.families["users"].errors == 1 and "did not land" in summary.errors[0]
+    assert raw.keys("cal-restore:*") == []
+    monkeypatch.setattr(load, "raw_pipeline", real)
+    again = await restore(cache.remote, str(path))  # run again: whole
+    assert again.total("created") == 1 and raw.hlen("cal:users") == 1000

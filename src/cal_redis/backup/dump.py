@@ -37,8 +37,8 @@ from .layout import Layout, SharedRule, json_account
 
 __all__ = ("BackupSummary", "FamilyCount", "backup")
 
-#: Entries (or bytes, for a string) up to which a key is read whole, atomically.
-SMALL_ENTRIES: Final = 1000
+#: Bytes up to which a string is read whole (larger: GETRANGE pages of this size).
+#: Other keys are read whole, atomically, up to ``page`` entries.
 SMALL_BYTES: Final = 1 << 20
 
 _READ = Script("backup_read", """#!lua flags=no-writes
@@ -153,7 +153,7 @@ class _Dumper:
     async def _read_small(self, keys: Sequence[bytes]) -> list[Any]:
         """The read script's reply per key, one pipeline per ``depth`` keys."""
         out: list[Any] = []
-        args = (SMALL_ENTRIES, SMALL_BYTES)
+        args = (self.page, SMALL_BYTES)
         for start in range(0, len(keys), self.depth):
             part = keys[start : start + self.depth]
             cmd = "EVALSHA" if self._loaded else "EVAL"
@@ -318,13 +318,14 @@ class _Dumper:
 
 async def backup(
     remote: Remote, path: str, *, accounts: Iterable[str] | None = None,
-    page: int = 1000, depth: int = 100, bar: Bar | None = None, source: str = "",
+    page: int = 250, depth: int = 20, bar: Bar | None = None, source: str = "",
 ) -> BackupSummary:
     """Write a backup of every ``cal:`` key (or of ``accounts``' data) to ``path``.
 
     ``path`` ending in ``.gz`` is gzip-compressed. The file appears only when the
     backup is complete (it is written as ``path + ".partial"`` first). ``page``: keys
-    per ``SCAN`` call and entries per page of a large key (and per record);
+    per ``SCAN`` call, entries up to which a key is read whole (atomically), entries
+    per page of a larger key (and per record);
     ``depth``: keys per pipeline of the read script. ``bar`` is advanced by the keys
     scanned. See the module docstring for what is read, and how.
     """
