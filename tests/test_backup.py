@@ -400,6 +400,7 @@ async def test_a_corrupt_or_truncated_file_applies_nothing(
 
 
 # -- running caches hear about a restore --------------------------------------------------
+@pytest.mark.l1  # what the events do to a running cache's L1: each implementation
 async def test_restore_publishes_a_sync_per_namespace_written(
     make_cache: Factory, raw: redis.Redis, tmp_path: Path,
 ) -> None:
