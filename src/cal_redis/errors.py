@@ -8,6 +8,7 @@ the original chained (``raise ... from err``).
 from __future__ import annotations
 
 __all__ = (
+    "BackupFormatError",
     "CalRedisError",
     "ClosedError",
     "ConfigurationError",
@@ -77,3 +78,12 @@ class NotFoundError(CalRedisError, LookupError):
         super().__init__(f"{what} {ident!r} not found")
         self.what = what
         self.ident = ident
+
+
+class BackupFormatError(CalRedisError):
+    """A backup file is corrupt or truncated; ``line`` is the first line that is not
+    right (1 = the header). Nothing from that line on was applied."""
+
+    def __init__(self, message: str, *, line: int) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line

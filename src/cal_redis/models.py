@@ -288,7 +288,8 @@ class Event(Model, frozen=True, kw_only=True, omit_defaults=True):
     ``Raw`` means absent. Fields left at their default are omitted on the wire.
     ``ts`` is in milliseconds since the epoch; ``ts_us``, optional, is the same
     instant in microseconds (the events this library publishes carry both; the
-    event-lag metric uses ``ts_us`` and falls back to ``ts``).
+    event-lag metric uses ``ts_us`` and falls back to ``ts``). ``ids`` is the batch of
+    ids of an ``<Kind>Invalidate`` event (docs/wire-format.md, "Events").
     """
 
     type: str
@@ -298,6 +299,7 @@ class Event(Model, frozen=True, kw_only=True, omit_defaults=True):
     ts: int = 0
     ts_us: int = 0
     data: msgspec.Raw = msgspec.Raw(b"")
+    ids: tuple[str, ...] = ()
 
     @property
     def has_data(self) -> bool:

@@ -31,6 +31,7 @@ ACCOUNT = EntitySpec(
     hash_key=lambda k, a: k.ACCOUNTS,
     idents_key=lambda k, a: k.ACCOUNT_IDENTS,
     ident_fields=("domain", "code"),
+    tenant_field="id",  # an account summary belongs to the account it describes
 )
 USER = EntitySpec(
     "User", "users", User,

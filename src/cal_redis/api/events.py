@@ -60,7 +60,10 @@ class SyncOps(NeedsContext):
                 raise ValidationError(
                     "event", f"{event.type} belongs on {self._ctx.keys.EVENTS}: use publish_event"
                 )
-            if kind.action != "Sync":
+            if kind.action == "Invalidate":
+                if not event.ids:
+                    raise ValidationError("event", f"{event.type} needs a non-empty ids")
+            elif kind.action != "Sync":
                 validate_id(event.id, "event.id")
         return msgspec.structs.replace(event, **changes) if changes else event
 

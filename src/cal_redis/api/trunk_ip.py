@@ -30,6 +30,7 @@ def _decode_account(raw: bytes, key: str, ip: str) -> str:
 TRUNK_IP: TtlKeySpec[str] = TtlKeySpec(
     "TrunkIp", "trunks_ip", scoped=False, decode=_decode_account,
     event_id=lambda i: canonical_ip(i, "id"), weigh_id=True,
+    tenant_of=lambda account_id: account_id,  # the value is the owning account's id
 )
 
 

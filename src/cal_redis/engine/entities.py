@@ -10,6 +10,7 @@ and writes (set, partial update, delete) through the one write path
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -21,6 +22,7 @@ from .. import codec
 from ..errors import CalRedisError, NotFoundError, SerializationError, ValidationError
 from ..keys import KeyBuilder, validate_id, validate_ident, validate_ids
 from ..models import Event, Model
+from ..remote import HMGET_CHUNK, scan_entries
 from .coalesce import HashReader
 from .single_flight import SingleFlight
 from .writes import KNOWN, Guess, Step, Target, write
@@ -31,9 +33,13 @@ if TYPE_CHECKING:
 
 __all__ = ("EntitySpec", "Entities")
 
+log = logging.getLogger("cal_redis.warm")
+
 T = TypeVar("T", bound=Model)
 
 _IDENT = "\x00ident"  # marks ident -> id entries in the entity's L1 namespace
+#: A page of a warm-up: ids, their stored values (None: missing), progress so far.
+_Page = tuple[Sequence[str], Sequence["bytes | None"], int]
 _get_id = attrgetter("id")
 
 
@@ -48,6 +54,9 @@ class EntitySpec(Generic[T]):
     idents_key: Callable[[KeyBuilder, str | None], str] | None = None
     ident_fields: tuple[str, ...] = ()
     scoped: bool = False  # account-scoped keys (devices)
+    #: The field naming the account an entity of a global kind belongs to (what
+    #: ``drop_account`` matches); entities without that field belong to none.
+    tenant_field: str = "account_id"
 
 
 class Entities(Generic[T]):
@@ -304,23 +313,165 @@ class Entities(Generic[T]):
         token = l1.begin_fill()
         try:
             raws = await self._remote.hmget("HMGET " + hkey, hkey, ids)
-            values = codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)
-            try:
-                sizes = list(map(len, raws))  # type: ignore[arg-type]
-            except TypeError:  # some ids are missing (None): check and fill the others
-                got = [j for j, r in enumerate(raws) if r is not None]
-                fkeys = [keys[j] for j in got]
-                fvalues: list[Any] = [values[j] for j in got]
-                self._check_batch(fvalues, [ids[j] for j in got], hkey, account_id)
-                sizes = [len(raws[j]) for j in got]  # type: ignore[arg-type]
-            else:
-                fkeys, fvalues = keys, values
-                self._check_batch(fvalues, ids, hkey, account_id)  # type: ignore[arg-type]
-            if self._gate.fill_ok:
-                self._ctx.local.fill_many(self.spec.namespace, fkeys, fvalues, sizes, token)
-            return values
+            return self._fill_batch(hkey, keys, ids, raws, account_id, token)[0]
         finally:
             l1.end_fill()
+
+    def _fill_batch(
+        self, hkey: str, keys: Sequence[Hashable], ids: Sequence[str],
+        raws: Sequence[bytes | None], account_id: str | None, token: int,
+        room: int | None = None,
+    ) -> tuple[list[T | None], int, int, bool]:
+        """Decode ``raws`` (the values of ``ids`` in ``hkey``, None where missing) in
+        order, check them, and fill them into L1 with the fill ``token`` (fenced: an
+        entry written or invalidated since the token was taken is not overwritten).
+
+        With ``room`` (bytes of L1 weight), only the first entries that fit in it are
+        filled. Returns the values, the entries stored, the JSON bytes of the
+        entries found, and whether every entry found fitted in ``room``.
+        """
+        values = codec.decode_batch(raws, self.spec.model, key=hkey, fields=ids)
+        try:
+            sizes = list(map(len, raws))  # type: ignore[arg-type]
+        except TypeError:  # some ids are missing (None): check and fill the others
+            got = [j for j, r in enumerate(raws) if r is not None]
+            fkeys: Sequence[Hashable] = [keys[j] for j in got]
+            fvalues: Sequence[Any] = [values[j] for j in got]
+            self._check_batch(fvalues, [ids[j] for j in got], hkey, account_id)  # type: ignore[arg-type]
+            sizes = [len(raws[j]) for j in got]  # type: ignore[arg-type]
+        else:
+            fkeys, fvalues = keys, values
+            self._check_batch(fvalues, ids, hkey, account_id)  # type: ignore[arg-type]
+        nbytes = sum(sizes)
+        fits = True
+        if room is not None:
+            for n, weight in enumerate(self._ctx.local.weights(self.spec.namespace, sizes)):
+                room -= weight
+                if room < 0:  # the first n fit
+                    fits = False
+                    fkeys, fvalues, sizes = fkeys[:n], fvalues[:n], sizes[:n]
+                    break
+        stored = 0
+        if self._gate.fill_ok and fkeys:
+            stored = self._ctx.local.fill_many(self.spec.namespace, fkeys, fvalues, sizes, token)
+        return values, stored, nbytes, fits
+
+    # -- warming ----------------------------------------------------------------------
+    async def warm_ids(
+        self, account_id: str | None, ids: Sequence[str], *, chunk: int = 10 * HMGET_CHUNK,
+        progress: Callable[[int], object] | None = None,
+    ) -> tuple[int, int, int, bool]:
+        """Fill L1 with the entities ``ids`` (validated by the caller): HMGETs of up
+        to ``chunk`` ids per round trip (pipelined by 1,000), each round trip one
+        fenced fill, as a batch read does. Stops when the namespace's budget is
+        full. Returns (entities found, stored, JSON bytes, complete);
+        ``progress(ids asked so far)`` after each round trip.
+        """
+        hkey = self._hkey(account_id)
+        starts = iter(range(0, len(ids), chunk))
+
+        async def next_page() -> _Page | None:
+            start = next(starts, None)
+            if start is None:
+                return None
+            part = ids[start : start + chunk]
+            return part, await self._remote.hmget("HMGET " + hkey, hkey, part), start + len(part)
+
+        return await self._warm(account_id, hkey, next_page, progress)
+
+    async def warm_all(
+        self, account_id: str | None, *, count: int = HMGET_CHUNK,
+        progress: Callable[[int], object] | None = None,
+    ) -> tuple[int, int, int, bool]:
+        """Fill L1 with the whole table (``HSCAN``, ``count`` fields asked per page),
+        each page one fenced fill, until the namespace's budget is full. Returns
+        (entities found, stored, JSON bytes, complete: the whole table fitted);
+        ``progress(entries read so far)`` after each page.
+        """
+        hkey = self._hkey(account_id)
+        pages = scan_entries(self._remote, "HSCAN", hkey, count=count)
+        done = 0
+
+        async def next_page() -> _Page | None:
+            nonlocal done
+            page = await anext(pages, None)
+            if page is None:
+                return None
+            ids: list[str] = []
+            raws: list[bytes | None] = []
+            for field, raw in zip(page[::2], page[1::2], strict=True):
+                try:
+                    ids.append(validate_id(field.decode(), "field"))
+                except (UnicodeDecodeError, ValidationError):
+                    log.warning("warm %s: field %r is not an id, skipped", hkey, field)
+                    continue
+                raws.append(raw)
+            done += len(ids)
+            return ids, raws, done
+
+        try:
+            return await self._warm(account_id, hkey, next_page, progress)
+        finally:
+            await pages.aclose()
+
+    async def _warm(
+        self, account_id: str | None, hkey: str, next_page: Callable[[], Awaitable[_Page | None]],
+        progress: Callable[[int], object] | None,
+    ) -> tuple[int, int, int, bool]:
+        """Read pages with ``next_page()`` (ids, their values, progress so far; None at
+        the end), each read inside its own fill: the token is taken before the read,
+        so a write or event meanwhile wins. Stops when the budget is full."""
+        l1 = self.l1
+        scoped = self.spec.scoped
+        found = stored = nbytes = 0
+        while True:
+            token = l1.begin_fill()
+            try:
+                got_page = await next_page()
+                if got_page is None:
+                    return found, stored, nbytes, True
+                ids, raws, done = got_page
+                keys: Sequence[Hashable] = [(account_id, i) for i in ids] if scoped else ids
+                room = l1.max_weight - l1.weight
+                got, n, size, fits = self._fill_tolerant(hkey, keys, ids, raws, account_id,
+                                                         token, room)
+            finally:
+                l1.end_fill()
+            found, stored, nbytes = found + got, stored + n, nbytes + size
+            if progress is not None:
+                progress(done)
+            if not fits:
+                return found, stored, nbytes, False
+
+    def _fill_tolerant(
+        self, hkey: str, keys: Sequence[Hashable], ids: Sequence[str],
+        raws: Sequence[bytes | None], account_id: str | None, token: int, room: int,
+    ) -> tuple[int, int, int, bool]:
+        """:meth:`_fill_batch` that skips (and logs) entries that do not decode or name
+        another entity, instead of failing the whole page: a warm-up fills what it can.
+        Returns (found, stored, JSON bytes, fits)."""
+        try:
+            values, n, size, fits = self._fill_batch(hkey, keys, ids, raws, account_id, token,
+                                                     room)
+            return len(values) - values.count(None), n, size, fits
+        except SerializationError:
+            pass
+        good = []
+        for j, (id_, raw) in enumerate(zip(ids, raws, strict=True)):
+            if raw is None:
+                continue
+            try:
+                self._checked(codec.decode(raw, self.spec.model, key=hkey, field=id_), hkey,
+                              id_, account_id)
+            except SerializationError as err:
+                log.warning("warm: %s skipped", err)
+                continue
+            good.append(j)
+        _, n, size, fits = self._fill_batch(
+            hkey, [keys[j] for j in good], [ids[j] for j in good],
+            [raws[j] for j in good], account_id, token, room,
+        )
+        return len(good), n, size, fits
 
     def _check_batch(self, values: list[T], ids: list[str], hkey: str, account_id: str | None) -> None:
         if list(map(_get_id, values)) != ids or (
@@ -531,24 +682,86 @@ class Entities(Generic[T]):
     def drop_local(self, action: str, event: Event, account_id: str | None) -> None:
         """This instance published ``event`` by hand: drop what it names from L1."""
         if action == "Sync":
-            self.l1.invalidate_all()
+            self._sync(account_id)
+        elif action == "Invalidate":
+            self._invalidate_ids(account_id, event.ids)
         else:
             self.l1.invalidate(self.l1_key(account_id, event.id))
+
+    def _sync(self, account_id: str | None) -> None:
+        """``Sync``: the namespace dropped, or only the account's entries of a scoped kind."""
+        if self.spec.scoped and account_id is not None:
+            self.drop_account(account_id)
+            return
+        self.l1.invalidate_all()
+        self.pending.clear()
+
+    def _invalidate_ids(self, account_id: str | None, ids: Sequence[str]) -> None:
+        """``Invalidate``: drop each id's entry and the ident entries its cached value had.
+
+        Every valid id is dropped; an invalid one then raises ValidationError (the
+        event is counted as malformed).
+        """
+        if self.spec.scoped:
+            validate_id(account_id, "account_id")
+        l1 = self.l1
+        bad: ValidationError | None = None
+        for i, id_ in enumerate(ids):
+            try:
+                validate_id(id_, f"ids[{i}]")
+            except ValidationError as err:
+                bad = bad or err
+                continue
+            key = self.l1_key(account_id, id_)
+            old = l1.peek(key)
+            if old is not None:
+                for ident in self.idents_of(old):
+                    l1.invalidate(self._ident_l1_key(account_id, ident))
+            l1.invalidate(key)
+        if bad is not None:
+            raise bad
+
+    def drop_account(self, account_id: str) -> int:
+        """Drop every L1 entry of ``account_id``; return how many were dropped.
+
+        Scoped kinds: every key of the account (entities and ident mappings). Global
+        kinds: the entities whose ``tenant_field`` is the account, and the ident
+        mappings that point to them. Like ``Sync``, it rejects every fill in flight
+        in the namespace (one may be about to store a value read before the change).
+        """
+        l1 = self.l1
+        if self.spec.scoped:
+            for key in [k for k in self.pending if k[0] == account_id]:  # type: ignore[index]
+                del self.pending[key]
+            return l1.invalidate_where(lambda k: type(k) is tuple and k[0] == account_id)
+        field = self.spec.tenant_field
+        held = l1.keys()  # a snapshot (the LRU is not iterable)
+        ids = {
+            k for k in held
+            if type(k) is not tuple and getattr(l1.peek(k), field, None) == account_id
+        }
+        if field == "id":
+            ids.add(account_id)
+        return l1.invalidate_where(lambda k: k in ids or (type(k) is tuple and l1.peek(k) in ids))
 
     def apply_event(self, action: str, event: Event, account_id: str | None) -> str:
         """Apply one event of this entity to L1; return what was done (for counters).
 
         ``Create``/``Update`` with data refresh the entry, without data invalidate it;
-        ``Delete`` invalidates; ``Sync`` drops the namespace. An own echo only
-        settles the pending count; a foreign event older than a pending own write
-        is ignored. Data that cannot be decoded, or names another entity, still
-        invalidates the key, then raises SerializationError (counted as malformed).
+        ``Delete`` invalidates; ``Invalidate`` drops the entries of its ``ids``;
+        ``Sync`` drops the namespace (for a scoped kind: the account's entries). An
+        own echo only settles the pending count; a foreign event older than a
+        pending own write is ignored. Data that cannot be decoded, or names another
+        entity, still invalidates the key, then raises SerializationError (counted as
+        malformed).
         """
         l1 = self.l1
         if action == "Sync":
-            l1.invalidate_all()
-            self.pending.clear()
+            self._sync(account_id)
             return "sync"
+        if action == "Invalidate":  # dropping is safe in any order: own ones too
+            self._invalidate_ids(account_id, event.ids)
+            return "invalidate"
         id_ = validate_id(event.id, "id")
         if self.spec.scoped:
             validate_id(account_id, "account_id")

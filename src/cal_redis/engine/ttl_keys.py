@@ -11,11 +11,11 @@ made since): an event whose data equals the cached value keeps it, any other dro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..errors import SerializationError
+from ..errors import SerializationError, ValidationError
 from ..keys import validate_id
 from ..models import Event
 from .single_flight import SingleFlight
@@ -46,6 +46,9 @@ class TtlKeySpec(Generic[V]):
     #: The L1 weight counts the id's length too (small string values: the key is a
     #: large part of what the entry holds).
     weigh_id: bool = False
+    #: ``(value) -> account id`` for a global kind whose values belong to an account
+    #: (what ``drop_account`` matches); None: its values belong to none.
+    tenant_of: Callable[[V], str | None] | None = None
 
 
 class TtlKeys(Generic[V]):
@@ -163,18 +166,53 @@ class TtlKeys(Generic[V]):
 
     def drop_local(self, action: str, event: Event, account_id: str | None) -> None:
         """This instance published ``event`` by hand: drop what it names from L1."""
-        self.apply_event(action, Event(type=event.type, id=event.id), account_id)
+        self.apply_event(action, Event(type=event.type, id=event.id, ids=event.ids), account_id)
+
+    def drop_account(self, account_id: str) -> int:
+        """Drop every L1 entry of ``account_id`` (scoped kinds: the account's keys;
+        global ones: the values ``tenant_of`` assigns to it); return how many.
+        Rejects every fill in flight in the namespace, as ``Sync`` does."""
+        l1 = self.l1
+        if self.spec.scoped:
+            return l1.invalidate_where(lambda k: type(k) is tuple and k[0] == account_id)
+        tenant_of = self.spec.tenant_of
+        if tenant_of is None:
+            return 0
+        return l1.invalidate_where(lambda k: tenant_of(l1.peek(k)) == account_id)
+
+    def _invalidate_ids(self, account_id: str | None, ids: Sequence[str]) -> None:
+        """Drop each id's entry; every valid id is dropped, then an invalid one raises."""
+        if self.spec.scoped:
+            validate_id(account_id, "account_id")
+        bad: ValidationError | None = None
+        for raw_id in ids:
+            try:
+                id_ = self.spec.event_id(raw_id)
+            except ValidationError as err:
+                bad = bad or err
+                continue
+            self.l1.invalidate(self.l1_key(account_id, id_))
+        if bad is not None:
+            raise bad
 
     def apply_event(self, action: str, event: Event, account_id: str | None) -> str:
-        """Apply one event to L1: ``"sync"`` (namespace dropped), ``"echo"`` (own event),
-        ``"unchanged"`` (its data equals the cached value) or ``"invalidate"``.
+        """Apply one event to L1: ``"sync"`` (namespace dropped; for a scoped kind, the
+        account's entries), ``"echo"`` (own event), ``"unchanged"`` (its data equals
+        the cached value) or ``"invalidate"`` (``Invalidate``: the entries of its
+        ``ids``).
 
         Malformed data still drops the entry it names, then raises SerializationError.
         """
         l1 = self.l1
         if action == "Sync":
-            l1.invalidate_all()
+            if self.spec.scoped and account_id is not None:
+                self.drop_account(account_id)
+            else:
+                l1.invalidate_all()
             return "sync"
+        if action == "Invalidate":  # dropping is safe in any order: own ones too
+            self._invalidate_ids(account_id, event.ids)
+            return "invalidate"
         if self.spec.scoped:
             validate_id(account_id, "account_id")
         id_ = self.spec.event_id(event.id)

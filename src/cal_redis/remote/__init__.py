@@ -34,6 +34,7 @@ from redis.backoff import NoBackoff
 from .. import errors
 from .._server_info import describe_server
 from ..config import CacheConfig, redact_url
+from ._bulk import raw_command, raw_pipeline, scan_entries, scan_keys
 from ._packing import hiredis_available, hiredis_packing
 from ._sends import unblocked_sends
 
@@ -52,6 +53,10 @@ __all__ = (
     "hiredis_available",
     "hiredis_packing",
     "map_redis_error",
+    "raw_command",
+    "raw_pipeline",
+    "scan_entries",
+    "scan_keys",
 )
 
 log = logging.getLogger("cal_redis.remote")

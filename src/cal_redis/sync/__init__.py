@@ -3,13 +3,14 @@ event streams."""
 
 from __future__ import annotations
 
-from .dispatch import ACTIONS, MAX_EVENT_BYTES, Dispatcher
+from .dispatch import ACTIONS, MAX_EVENT_BYTES, TENANT_INVALIDATE, Dispatcher
 from .streams import EventHandler, EventStream, Hub
 from .subscriber import Subscriber, SyncState
 
 __all__ = (
     "ACTIONS",
     "MAX_EVENT_BYTES",
+    "TENANT_INVALIDATE",
     "Dispatcher",
     "EventHandler",
     "EventStream",

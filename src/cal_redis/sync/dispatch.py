@@ -22,6 +22,13 @@ degraded. Every L1 flush is logged with its reason and what it dropped per names
 (:attr:`Counters.flushes`) and the time spent degraded (:meth:`Dispatcher.degraded_seconds`)
 are read by :mod:`cal_redis.metrics`; an :attr:`Dispatcher.observer` (set only when
 metrics are recorded) is told of every event applied to L1, for the event lag.
+
+**Selective invalidation.** ``<Kind>Invalidate`` drops the entries of the ids in its
+``ids``; ``<Kind>Sync`` of an account-scoped kind (on an account channel) drops only
+that account's entries; :data:`TENANT_INVALIDATE` on an account channel drops that
+account's entries in every namespace (each engine's ``drop_account``). Dropping is
+safe in any order, so these events are applied even when they are this instance's
+own (docs/wire-format.md, "Events").
 """
 
 from __future__ import annotations
@@ -44,12 +51,23 @@ if TYPE_CHECKING:
     from ..metrics import Observer
     from .streams import Hub
 
-__all__ = ("ACTIONS", "FLUSH_REASONS", "MAX_EVENT_BYTES", "Counters", "Dispatcher", "EventTarget")
+__all__ = (
+    "ACTIONS",
+    "FLUSH_REASONS",
+    "MAX_EVENT_BYTES",
+    "TENANT_INVALIDATE",
+    "Counters",
+    "Dispatcher",
+    "EventTarget",
+)
 
 log = logging.getLogger("cal_redis.sync")
 
 #: The actions of an entity event type (``<Kind><Action>``, e.g. ``UserUpdate``).
-ACTIONS: Final = ("Create", "Update", "Delete", "Sync")
+ACTIONS: Final = ("Create", "Update", "Delete", "Sync", "Invalidate")
+#: The event type that drops one account's entries from every namespace; valid only on
+#: that account's channel (the channel names the account).
+TENANT_INVALIDATE: Final = "TenantInvalidate"
 #: Payloads larger than this are rejected unparsed (counted as malformed).
 MAX_EVENT_BYTES: Final = 1 << 20
 #: A warning per problem kind at most this often (seconds); repeats go to debug.
@@ -84,6 +102,9 @@ class EventTarget(Protocol):
 
     def drop_local(self, action: str, event: Event, account_id: str | None) -> None:
         """This instance published ``event`` by hand: drop what it names."""
+
+    def drop_account(self, account_id: str) -> int:
+        """Drop every L1 entry of ``account_id``; return how many were dropped."""
 
 
 class Counters:
@@ -153,6 +174,7 @@ class Dispatcher:
         "_hub",
         "_lost_at",
         "_sync_log",
+        "_targets",
         "apply_l1",
         "counters",
         "observer",
@@ -188,6 +210,9 @@ class Dispatcher:
         self._degraded_total = 0.0  # seconds degraded, periods that ended
         self._lost_at: float | None = None  # monotonic time of the last loss
         self._cause = ""  # why the subscription was last lost
+        self._targets: tuple[EventTarget, ...] = tuple(
+            {id(target): target for target, _ in targets.values()}.values()
+        )
 
     # -- the gate ------------------------------------------------------------------------
     def _where(self) -> str:
@@ -339,6 +364,14 @@ class Dispatcher:
         """Apply an event to L1; False when it is malformed (not passed on)."""
         c = self.counters
         kind = self.types.get(event.type)
+        if kind is None and event.type == TENANT_INVALIDATE:
+            if account is None:
+                c.malformed += 1
+                self.warn("scope", "%s event on the wrong channel %r ignored", event.type, channel)
+                return False
+            self.drop_account(account)
+            c.applied += 1
+            return True
         if kind is None:
             # Application events (publish_account_event) are legitimate: debug only.
             c.unknown += 1
@@ -382,3 +415,9 @@ class Dispatcher:
                 channel = self._ctx.keys.EVENTS if account is None else \
                     self._ctx.keys.account_events(account)
                 self._namespace_synced(kind, event, channel, held)
+        elif event.type == TENANT_INVALIDATE and account is not None:
+            self.drop_account(account)
+
+    def drop_account(self, account_id: str) -> int:
+        """Drop ``account_id``'s entries from every namespace of L1; return how many."""
+        return sum(target.drop_account(account_id) for target in self._targets)
