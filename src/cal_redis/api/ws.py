@@ -49,7 +49,8 @@ the account is removed even without an index entry).
   node found, then (2), each step one pipeline. Interrupted after (1): the page's
   records are still in the hash with the node's id; running it again removes them.
   A connection that moved to another node between the scan and (1) is unindexed by
-  (1); (2) sees the move, keeps the record and indexes it again.
+  (1); (2) sees the move, keeps the record and indexes it again (stopped before that:
+  its record without index entry, repaired with its new node).
 - ``get_account_connections``: the index, then those records (read-only; only
   records naming the account are returned).
 
