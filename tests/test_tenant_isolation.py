@@ -3,9 +3,10 @@
 Every public async method of CallableCache is covered automatically: methods whose
 first parameter is ``account_id`` run for account A (arguments come from a table
 keyed by parameter name) while Redis ``MONITOR`` records every command the server
-runs (commands inside Lua scripts included). B's data is seeded first with the same
-operations, so a leak would show. A public method that is neither account-scoped
-nor listed in ``GLOBAL_METHODS`` fails the test: new operations must be classified.
+runs (commands inside Lua scripts included; under ``--redis-cluster`` on every node
+of the cluster). B's data is seeded first with the same operations, so a leak would
+show. A public method that is neither account-scoped nor listed in
+``GLOBAL_METHODS`` fails the test: new operations must be classified.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ _POINT = frozenset({"hget", "hmget", "hset", "hdel", "hexists", "publish", "get"
 
 
 class Monitor:
-    """Collects MONITOR lines in a thread until the stop marker is seen."""
+    """Collects MONITOR lines of one server in a thread until the stop marker is seen."""
 
     def __init__(self, raw: redis.Redis) -> None:
         self.raw = raw
@@ -236,6 +237,33 @@ class Monitor:
         assert not self._thread.is_alive(), "MONITOR reader did not see the stop marker"
         self._mon.__exit__(None, None, None)
         return self.lines
+
+
+class Monitors:
+    """MONITOR of the server, or of every node of a cluster (masters run the commands;
+    replicas are watched too). Each node's lines carry the method markers, which are
+    sent to every node, so each node's part of :meth:`stop` reads on its own."""
+
+    def __init__(self, raw: Any) -> None:
+        if isinstance(raw, redis.RedisCluster):
+            self.servers = [redis.Redis(host=n.host, port=n.port) for n in raw.get_nodes()]
+        else:
+            self.servers = [raw]
+        self.own = raw is not self.servers[0]
+        self.monitors = [Monitor(server) for server in self.servers]
+
+    def mark(self, label: str) -> None:
+        for monitor in self.monitors:
+            monitor.mark(label)
+
+    def stop(self) -> list[str]:
+        lines: list[str] = []
+        for monitor in self.monitors:
+            lines += monitor.stop()
+        if self.own:
+            for server in self.servers:
+                server.close()
+        return lines
 
 
 def parse(line: str) -> list[str]:
@@ -281,7 +309,7 @@ async def test_no_operation_of_one_account_touches_another(
         if phase(name) < 2:
             await run(cache, name, B)
     cache.local.flush_all()
-    monitor = Monitor(raw)
+    monitor = Monitors(raw)
     try:
         for name in names:
             monitor.mark(name)
@@ -293,7 +321,7 @@ async def test_no_operation_of_one_account_touches_another(
     # the check has teeth: A's operations did reach A's keys, B's data is still there
     assert sum(K.account(A) in line for line in lines) > len(names)
     assert raw.exists((K.account(B) + "session:sess-1"), (K.account(B) + "ddis")) == 2
-    assert raw.hexists("cal:ws:connections", f"conn-{B}")
+    assert raw.hexists(K.WS_CONNECTIONS, f"conn-{B}")
 
 
 def test_the_checker_flags_leaks() -> None:

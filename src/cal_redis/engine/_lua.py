@@ -18,8 +18,13 @@ __all__ = (
     "AGENT_SET",
     "SESSIONS_PRUNE",
     "WS_ADD",
+    "WS_CLAIM",
+    "WS_INDEX",
     "WS_OWNER",
+    "WS_RECORD_USER",
     "WS_REMOVE",
+    "WS_UNINDEX",
+    "WS_UNROUTE",
     "WS_LIST",
 )
 
@@ -228,23 +233,90 @@ end
 return alive
 """
 
-#: Register a websocket connection. A connection id held by another account or user
-#: is refused (answer 0): no tenant can take over another's routing entry.
+# The websocket routing pieces, shared by the standalone scripts (both sides in one
+# atomic script) and the cluster steps (each side a script of its own slot, in the
+# order api/ws.py documents). The record side works on the global hash `g`
+# (connection_id -> WsConnection JSON); the account side on the account's index `idx`
+# (connection_id -> user_id), its agents:connected set and the user's status.
+_WS = r"""
+-- The record of `conn` decoded, when it names `account` (else nil), and its raw text.
+local function ws_record(g, conn, account)
+  local cur = redis.call('HGET', g, conn)
+  if not cur then return nil, nil end
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and type(rec) == 'table' and rec['account_id'] == account then return rec, cur end
+  return nil, cur
+end
+
+-- Store the record of `conn` for (account, user), unless the record held names another
+-- account or user or cannot be read: no tenant takes over another's routing entry.
+-- 1 stored, 0 refused.
+local function ws_claim(g, conn, json, user, account)
+  local rec, cur = ws_record(g, conn, account)
+  if cur and (not rec or rec['user_id'] ~= user) then return 0 end
+  redis.call('HSET', g, conn, json)
+  return 1
+end
+
+-- The user a record of this account names, else nil (another account's is ignored).
+local function ws_record_user(g, conn, account)
+  local rec = ws_record(g, conn, account)
+  if rec and type(rec['user_id']) == 'string' then return rec['user_id'] end
+  return nil
+end
+
+-- How the record of `conn` stands for a removal: 'mine' (this account's and user's,
+-- and on `node` unless node is ''), 'none' (no record of this account), 'user'
+-- (another user's: a stale view), 'node' (moved to another node).
+local function ws_match(g, conn, user, account, node)
+  local rec = ws_record(g, conn, account)
+  if not rec then return 'none' end
+  if rec['user_id'] ~= user then return 'user' end
+  if node ~= '' and rec['node_id'] ~= node then return 'node' end
+  return 'mine'
+end
+
+-- Index `conn` as the user's: index entry, agents:connected, status "connected": true.
+local function ws_index(idx, connected, status, conn, user)
+  redis.call('HSET', idx, conn, user)
+  redis.call('SADD', connected, user)
+  set_connected(status, true)
+end
+
+-- Drop `conn` from the index; the user leaves agents:connected (and its status turns
+-- "connected": false) only when no other connection of the user is left in the account.
+local function ws_unindex(idx, connected, status, conn, user)
+  redis.call('HDEL', idx, conn)
+  for _, u in ipairs(redis.call('HVALS', idx)) do
+    if u == user then return end
+  end
+  redis.call('SREM', connected, user)
+  set_connected(status, false)
+end
+"""
+
+#: Register a websocket connection (standalone: both sides atomically). A connection id
+#: held by another account or user is refused (answer 0): no tenant can take over
+#: another's routing entry.
 #: KEYS: ws connections hash, account's connection index, agents:connected, status.
 #: ARGV: connection_id, WsConnection JSON, user_id, account_id.
 _WS_ADD = r"""
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local ok, rec = pcall(cjson.decode, cur)
-  if not ok or type(rec) ~= 'table' or rec['account_id'] ~= ARGV[4]
-     or rec['user_id'] ~= ARGV[3] then
-    return 0
-  end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[3])
-set_connected(KEYS[4], true)
+if ws_claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) == 0 then return 0 end
+ws_index(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[3])
+return 1
+"""
+
+#: Cluster step 1 of an add (the record's slot): claim the connection id.
+#: KEYS: ws connections hash. ARGV: as WS_ADD's. Answers 1 stored, 0 refused.
+_WS_CLAIM = r"""
+return ws_claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+
+#: Cluster step 2 of an add (the account's slot), and the restore of a connection that
+#: moved while its node's connections were removed: index it. Answers 1.
+#: KEYS: account's index, agents:connected, status. ARGV: connection_id, user_id.
+_WS_INDEX = r"""
+ws_index(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 return 1
 """
 
@@ -254,47 +326,63 @@ return 1
 _WS_OWNER = r"""
 local u = redis.call('HGET', KEYS[2], ARGV[1])
 if u then return u end
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local ok, rec = pcall(cjson.decode, cur)
-  if ok and type(rec) == 'table' and rec['account_id'] == ARGV[2]
-     and type(rec['user_id']) == 'string' then
-    return rec['user_id']
-  end
-end
-return ''
+return ws_record_user(KEYS[1], ARGV[1], ARGV[2]) or ''
 """
 
-#: Remove one connection of this account and user; the user leaves agents:connected
-#: (and its status "connected" turns false) only when no other connection of the
-#: user is left in the account. A record of another account is never touched.
-#: Answers 1 removed, 0 nothing to remove (or moved to another node), -1 stale view.
+#: Cluster: the user a connection record of this account names ('' if none; a record
+#: of another account answers ''). Read-only.
+#: KEYS: ws connections hash. ARGV: connection_id, account_id.
+_WS_RECORD_USER = r"""
+return ws_record_user(KEYS[1], ARGV[1], ARGV[2]) or ''
+"""
+
+#: Remove one connection of this account and user (standalone: both sides atomically);
+#: the user leaves agents:connected (and its status "connected" turns false) only when
+#: no other connection of the user is left in the account. A record of another account
+#: is never touched. Answers 1 removed, 0 nothing to remove (or moved to another node),
+#: -1 stale view.
 #: KEYS: ws connections hash, account's index, agents:connected, status of the user.
 #: ARGV: connection_id, user_id, account_id, node_id ('' = any node).
 _WS_REMOVE = r"""
 local idx_user = redis.call('HGET', KEYS[2], ARGV[1])
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local mine = false
-if cur then
-  local ok, rec = pcall(cjson.decode, cur)
-  if ok and type(rec) == 'table' and rec['account_id'] == ARGV[3] then
-    if rec['user_id'] ~= ARGV[2] then return -1 end
-    if ARGV[4] ~= '' and rec['node_id'] ~= ARGV[4] then return 0 end
-    mine = true
-  end
-end
-if not mine then
+local m = ws_match(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+if m == 'user' then return -1 end
+if m == 'node' then return 0 end
+if m == 'none' then
   if not idx_user then return 0 end
   if idx_user ~= ARGV[2] then return -1 end
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
 end
-if mine then redis.call('HDEL', KEYS[1], ARGV[1]) end
-redis.call('HDEL', KEYS[2], ARGV[1])
-for _, u in ipairs(redis.call('HVALS', KEYS[2])) do
-  if u == ARGV[2] then return 1 end
-end
-redis.call('SREM', KEYS[3], ARGV[2])
-set_connected(KEYS[4], false)
+ws_unindex(KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
 return 1
+"""
+
+#: Cluster step 1 of a removal (the account's slot): unindex the connection, unless the
+#: index names another user (-1: a stale view). Answers 1 an entry was removed, 0 none
+#: was there (agents:connected and the status are brought in line either way).
+#: KEYS: account's index, agents:connected, status. ARGV: connection_id, user_id.
+_WS_UNINDEX = r"""
+local idx_user = redis.call('HGET', KEYS[1], ARGV[1])
+if idx_user and idx_user ~= ARGV[2] then return -1 end
+ws_unindex(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+if idx_user then return 1 end
+return 0
+"""
+
+#: Cluster step 2 of a removal (the record's slot): delete the record if it is this
+#: account's and user's (and on the node, unless node_id is ''). Answers 1 deleted,
+#: 0 no record of this account, -1 another user's (stale view), 2 moved to another node.
+#: KEYS: ws connections hash. ARGV: connection_id, user_id, account_id, node_id.
+_WS_UNROUTE = r"""
+local m = ws_match(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+if m == 'mine' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+if m == 'user' then return -1 end
+if m == 'node' then return 2 end
+return 0
 """
 
 #: The connection records of one account, through its index (read-only).
@@ -317,10 +405,19 @@ def _script(name: str, body: str) -> Script:
     return Script(name, _PRELUDE + body)
 
 
+def _ws_script(name: str, body: str) -> Script:
+    return Script(name, _PRELUDE + _WS + body)
+
+
 WRITE = Script("write", _CAS + _WRITE)
 AGENT_SET = _script("agent_set", _AGENT_SET)
 SESSIONS_PRUNE = _script("sessions_prune", _SESSIONS_PRUNE)
-WS_ADD = _script("ws_add", _WS_ADD)
-WS_OWNER = _script("ws_owner", _WS_OWNER)
-WS_REMOVE = _script("ws_remove", _WS_REMOVE)
+WS_ADD = _ws_script("ws_add", _WS_ADD)
+WS_CLAIM = _ws_script("ws_claim", _WS_CLAIM)
+WS_INDEX = _ws_script("ws_index", _WS_INDEX)
+WS_OWNER = _ws_script("ws_owner", _WS_OWNER)
+WS_RECORD_USER = _ws_script("ws_record_user", _WS_RECORD_USER)
+WS_REMOVE = _ws_script("ws_remove", _WS_REMOVE)
+WS_UNINDEX = _ws_script("ws_unindex", _WS_UNINDEX)
+WS_UNROUTE = _ws_script("ws_unroute", _WS_UNROUTE)
 WS_LIST = _script("ws_list", _WS_LIST)
