@@ -232,6 +232,15 @@ def _drain_cluster_bus(cluster: EmbeddedCluster) -> None:
 
 
 @pytest.fixture
+def quiesce(redis_server: EmbeddedRedis | EmbeddedCluster) -> Any:
+    """Call it to wait until every event published so far has reached every node (a
+    no-op on one server, where a subscriber gets events in publish order)."""
+    if isinstance(redis_server, EmbeddedCluster):
+        return lambda: _drain_cluster_bus(redis_server)
+    return lambda: None
+
+
+@pytest.fixture
 def raw(redis_url: str, redis_server: EmbeddedRedis | EmbeddedCluster) -> Iterator[Any]:
     """A plain synchronous redis-py client on the test database (a "foreign" writer);
     a ``redis.RedisCluster`` under --redis-cluster."""

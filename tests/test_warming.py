@@ -26,6 +26,7 @@ from cal_redis import (
 )
 from cal_redis.engine import entities as entities_mod
 from cal_redis.remote import Remote
+from keyspace import K
 from waiting import until
 
 pytestmark = pytest.mark.l1
@@ -50,7 +51,7 @@ def seed_tables(raw: redis.Redis, users: int = 50) -> int:
     raw.hset("cal:users", mapping={f"u{i}": js(id=f"u{i}", account_id="acc1", name=f"n{i}")
                                    for i in range(users)})  # type: ignore[arg-type]
     for acc in ("acc1", "acc2"):
-        raw.hset(f"cal:account:{acc}:devices",
+        raw.hset(K.account(acc) + "devices",
                  mapping={f"d{i}": js(id=f"d{i}", account_id=acc) for i in range(4)})  # type: ignore[arg-type]
     return sum(len(v) for m in small.values() for v in m.values())
 
