@@ -5,6 +5,8 @@ Runs under ``--redis-cluster`` only (the session cluster of conftest).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from typing import Any
 
@@ -12,8 +14,8 @@ import pytest
 import redis
 import redis.exceptions as rexc
 
-from cal_redis import CacheConfig, CallableCache, ConfigurationError, User
-from cal_redis.embedded import EmbeddedRedis
+from cal_redis import CacheConfig, CallableCache, CalRedisError, ConfigurationError, User
+from cal_redis.embedded import EmbeddedCluster, EmbeddedRedis, command
 from cal_redis.keys import LAYOUT_KEY
 from cal_redis.remote import map_redis_error
 from waiting import until
@@ -89,3 +91,96 @@ async def test_warm_invalidate_and_tools_on_the_cluster(redis_url: str, tmp_path
             await backup(a.remote, str(tmp_path / "b.jsonl"))
         with pytest.raises(ConfigurationError, match="not yet on a Redis Cluster"):
             await restore(a.remote, str(tmp_path / "b.jsonl"))
+
+
+async def test_connect_failure_classification() -> None:
+    """Only an error of making the connection counts as "nothing was sent"."""
+    import redis.asyncio as aioredis
+
+    from cal_redis.embedded import _free_port
+    from cal_redis.remote._cluster import connect_failed
+
+    client = aioredis.Redis(port=_free_port(), socket_connect_timeout=1)
+    with pytest.raises(rexc.ConnectionError) as refused:
+        await client.get("k")
+    await client.aclose()
+    assert connect_failed(refused.value)
+    assert not connect_failed(rexc.ConnectionError("Connection closed by server."))
+    assert not connect_failed(rexc.TimeoutError("Timeout reading from 127.0.0.1:1"))
+
+
+async def test_a_write_cut_after_sending_is_not_sent_again(
+    redis_url: str, redis_server: Any, raw: redis.RedisCluster
+) -> None:
+    """The write is held by CLIENT PAUSE WRITE on its master, its connection killed:
+    its outcome is unknown to the client, so it must fail, never be re-sent."""
+    async with await CallableCache.connect(redis_url, config=CacheConfig(sync=False)) as cache:
+        await cache.set_user(User(id="u1", name="before"))
+        master = raw.get_node_from_key("cal:users")
+        node = raw.get_redis_connection(master)
+        node.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+        write = asyncio.ensure_future(cache.set_user(User(id="u1", name="after")))
+        await asyncio.sleep(0.1)  # sent, held by the pause
+        node.client_kill_filter(_type="normal", skipme=True)
+        with pytest.raises(CalRedisError):
+            await write
+        await asyncio.sleep(0.5)  # the pause is over: a re-sent write would land now
+        assert json.loads(raw.hget("cal:users", "u1"))["name"] == "before"
+
+
+async def test_a_failover_flushes_l1_of_a_cache_subscribed_elsewhere(
+    redis_url: str, redis_server: EmbeddedCluster, raw: redis.RedisCluster
+) -> None:
+    """A routine CLUSTER FAILOVER: the promoted replica may lack acknowledged writes,
+    so every cache drops its L1 once it sees the new epoch, even a cache whose
+    subscriber sat on a node the failover did not touch."""
+    cfg = CacheConfig(heartbeat_interval=0.2)
+    async with await CallableCache.connect(redis_url, config=cfg) as a, \
+            await CallableCache.connect(redis_url, config=cfg) as b:
+        await a.set_user(User(id="u1", name="one"))
+        assert (await b.get_user_by_id("u1")) is not None
+        assert "u1" in b.local["users"]
+        await asyncio.sleep(0.5)  # the watch has read the epoch once
+        master = raw.get_node_from_key("cal:users")
+        replica = next(
+            n for n in redis_server.nodes if n.running and redis_server.role(n) == "slave"
+            and f"master_port:{master.port}" in str(command(redis_server.host, n.port,
+                                                              "INFO", "replication")))
+        command(redis_server.host, replica.port, "CLUSTER", "FAILOVER")
+        await until(lambda: redis_server.role(replica) == "master", timeout=10)
+        await until(lambda: b.sync_state.topology_flushes >= 1, timeout=5, what="a flush")
+        assert "u1" not in b.local["users"]
+        assert b.sync_state.state == "connected"
+        await a.set_user(User(id="u1", name="two"))  # writes reach the new master
+        await until(lambda: getattr(b.local["users"].peek("u1"), "name", "") == "two"
+                    or "u1" not in b.local["users"], timeout=5)
+        assert (await b.get_user_by_id("u1")).name == "two"  # type: ignore[union-attr]
+    redis_server.wait_healthy()
+
+
+async def test_moved_redirections_are_followed(redis_url: str) -> None:
+    """With every slot pointing at the wrong master (a stale slot map), reads, writes
+    and pipelines follow the MOVED answers and land where the key lives."""
+    import dataclasses
+
+    async with await CallableCache.connect(redis_url, config=CacheConfig(sync=False)) as cache:
+        remote: Any = cache.remote
+        await cache.set_user(User(id="u1", name="one"))
+        right = remote.node_of("cal:users")
+        wrong = next(m for m in remote.topology.masters if m != right)
+        remote.topology = dataclasses.replace(
+            remote.topology, slots=(wrong,) * len(remote.topology.slots))
+        cache.local.flush_all()
+        assert (await cache.get_user_by_id("u1")).name == "one"  # type: ignore[union-attr]
+        assert remote.node_of("cal:users") == right  # the MOVED answer was learnt
+        remote.topology = dataclasses.replace(
+            remote.topology, slots=(wrong,) * len(remote.topology.slots))
+        await cache.update_user("u1", name="two")
+        remote.topology = dataclasses.replace(
+            remote.topology, slots=(wrong,) * len(remote.topology.slots))
+        assert (await cache.remote.pipeline("p", lambda p: p.hget("cal:users", "u1")))[0]
+        remote.topology = dataclasses.replace(
+            remote.topology, slots=(wrong,) * len(remote.topology.slots))
+        got, _ = await cache.remote.multi(
+            "m", lambda p: (p.hget("cal:users", "u1"), p.hlen("cal:users")))
+        assert b'"two"' in got
