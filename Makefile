@@ -39,7 +39,7 @@ bench:
 bench-quick:
 	@sh scripts/ensure-redis.sh
 	@sh scripts/ensure-venv.sh $(VENV) test
-	$(PY) -m cal_redis bench --quick --metrics
+	$(PY) -m cal_redis bench --quick --metrics --cluster
 
 # Wheel check: build a wheel, show its manylinux tag and compiled module, then run the
 # suite against that wheel installed in a fresh virtualenv.
