@@ -184,3 +184,46 @@ async def test_moved_redirections_are_followed(redis_url: str) -> None:
         got, _ = await cache.remote.multi(
             "m", lambda p: (p.hget("cal:users", "u1"), p.hlen("cal:users")))
         assert b'"two"' in got
+
+
+async def test_inspect_and_watch_on_the_cluster(redis_url: str, quiesce: Any) -> None:
+    """inspect walks every master and sums the subscribers of every node; watch tails
+    events published on any master."""
+    import io
+
+    from cal_redis import Device
+    from cal_redis._inspect import inspect, watch
+
+    async with await CallableCache.connect(redis_url) as a, \
+            await CallableCache.connect(redis_url):
+        for i in range(20):
+            await a.set_user(User(id=f"u{i}", email=f"u{i}@x.io"))
+            await a.set_device(f"acc{i}", Device(id="d1"))  # accounts spread over slots
+        report = await inspect(redis_url, sample=5)
+        fam = {f["name"]: f for f in report["families"]}
+        assert report["key_style"] == "cluster"
+        assert (fam["users"]["keys"], fam["users"]["fields"]) == (1, 20)
+        assert fam["user idents"]["fields"] == 20
+        assert fam["account devices"]["keys"] == 20  # on all three masters
+        assert report["channels"]["caches_subscribed"] == 2
+        quiesce()  # the writes' events have gone by: watch sees only what follows
+        out = io.StringIO()
+        tail = asyncio.ensure_future(watch(redis_url, count=2, seconds=10, out=out))
+        await asyncio.sleep(0.5)
+        await a.set_device("acc7", Device(id="d2"))
+        await a.update_user("u3", name="x")
+        assert await tail == 2
+        assert "DeviceCreate" in out.getvalue() and "UserUpdate" in out.getvalue()
+
+
+async def test_a_full_node_pool_waits(redis_url: str) -> None:
+    """max_connections holds per node, and callers past it wait, as on one server."""
+    cfg = CacheConfig(max_connections=2, local_cache=False, sync=False, coalesce_reads=False)
+    async with await CallableCache.connect(redis_url, config=cfg) as cache:
+        for i in range(10):
+            await cache.set_user(User(id=f"u{i}"))
+        got = await asyncio.gather(*(cache.get_user_by_id(f"u{i % 10}") for i in range(200)))
+        assert all(u is not None for u in got)
+        remote: Any = cache.remote
+        pool = remote.pool_for("cal:users")
+        assert len(pool._in_use_connections) + len(pool._available_connections) <= 2

@@ -200,7 +200,7 @@ def _url(url: str | None) -> str:
     return resolve_url(url)
 
 
-async def _inspect(url: str | None, as_json: bool, sample: int, cluster: bool) -> int:
+async def _inspect(url: str | None, as_json: bool, sample: int, cluster: bool | None) -> int:
     from ._inspect import format_inspect, inspect
 
     report = await inspect(_url(url), cluster=cluster, sample=sample)
@@ -515,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "inspect":
             if args.sample < 1:
                 parser.error("--sample must be >= 1")
-            return asyncio.run(_inspect(args.url, args.json, args.sample, args.cluster))
+            return asyncio.run(_inspect(args.url, args.json, args.sample, args.cluster or None))
         if args.command == "watch":
             if args.interval <= 0:
                 parser.error("--interval must be > 0")

@@ -150,40 +150,35 @@ async def _pipelined(cache: CallableCache, what: str, keys: list[str],
     return out
 
 
-async def inspect(url: str, *, cluster: bool = False, sample: int = DEFAULT_SAMPLE,
+async def inspect(url: str, *, cluster: bool | None = None, sample: int = DEFAULT_SAMPLE,
                   seed: int | None = None) -> dict[str, Any]:
-    """Walk the keyspace of ``url`` and report families, channels and server (a dict:
-    :func:`format_inspect` renders it)."""
+    """Walk the keyspace of ``url`` (every master of a Redis Cluster) and report
+    families, channels and server (a dict: :func:`format_inspect` renders it).
+    ``cluster``: the key style (None: the topology's, as a cache's)."""
     config = CacheConfig(cluster=cluster, sync=False, local_cache=False, metrics=False)
-    keys = KeyBuilder(cluster=cluster)
     rng = random.Random(seed)
     async with await CallableCache.connect(url, config=config) as cache:
         remote, cmd = cache.remote, cache.remote.cmd
+        keys = cache.keys
         reports = [FamilyReport(f.name, f.pattern(keys), f.type) for f in FAMILIES]
         matchers = [(f.regex(keys), r) for f, r in zip(FAMILIES, reports, strict=True)]
         other = 0
-        cursor = 0
-        while True:
-            cursor, page = await remote.read("SCAN cal:*", cmd.scan, cursor, "cal:*", 1000)
-            for raw in page:
-                key = _str(raw)
-                for regex, rep in matchers:
-                    if regex.match(key):
-                        rep.keys += 1
-                        if rep.type != "string":
-                            rep._all.append(key)
-                        # reservoir sample of `sample` keys for MEMORY USAGE
-                        if len(rep._sample) < sample:
-                            rep._sample.append(key)
-                        else:
-                            j = rng.randrange(rep.keys)
-                            if j < sample:
-                                rep._sample[j] = key
-                        break
-                else:
-                    other += 1
-            if int(cursor) == 0:
-                break
+        async for key in remote.scan_keys("cal:*"):
+            for regex, rep in matchers:
+                if regex.match(key):
+                    rep.keys += 1
+                    if rep.type != "string":
+                        rep._all.append(key)
+                    # reservoir sample of `sample` keys for MEMORY USAGE
+                    if len(rep._sample) < sample:
+                        rep._sample.append(key)
+                    else:
+                        j = rng.randrange(rep.keys)
+                        if j < sample:
+                            rep._sample[j] = key
+                    break
+            else:
+                other += 1
         for rep in reports:
             size = _SIZE_COMMAND.get(rep.type)
             if size is not None:
@@ -199,7 +194,13 @@ async def inspect(url: str, *, cluster: bool = False, sample: int = DEFAULT_SAMP
         server = await remote.server_info()
         replication: dict[str, Any] = await remote.read("INFO", cmd.info, "replication")
         memory: dict[str, Any] = await remote.read("INFO", cmd.info, "memory")
-        dbsize: int = await remote.read("DBSIZE", cmd.dbsize)
+        if remote.is_cluster:
+            cluster_remote: Any = remote
+            dbsize = 0
+            for name in cluster_remote.topology.masters:
+                dbsize += int(await remote.read("DBSIZE", cluster_remote.node(name).dbsize))
+        else:
+            dbsize = int(await remote.read("DBSIZE", cmd.dbsize))
         channels = await _channels(cache, keys)
     from ._server_info import describe_server
 
@@ -211,7 +212,7 @@ async def inspect(url: str, *, cluster: bool = False, sample: int = DEFAULT_SAMP
             "used_memory": int(memory.get("used_memory", 0)),
             "keys_in_db": int(dbsize),
         },
-        "key_style": "cluster" if cluster else "plain",
+        "key_style": keys.style,
         "families": [
             {k: v for k, v in asdict(r).items() if not k.startswith("_")} for r in reports
         ],
@@ -221,22 +222,32 @@ async def inspect(url: str, *, cluster: bool = False, sample: int = DEFAULT_SAMP
 
 
 async def _channels(cache: CallableCache, keys: KeyBuilder) -> dict[str, Any]:
-    remote, cmd = cache.remote, cache.remote.cmd
-    numsub = await remote.read("PUBSUB NUMSUB", cmd.pubsub_numsub, keys.EVENTS)
-    numpat: int = await remote.read("PUBSUB NUMPAT", cmd.pubsub_numpat)
-    account_channels = await remote.read("PUBSUB CHANNELS", cmd.pubsub_channels,
-                                         keys.account_events_pattern())
-    caches: int | None
-    try:
-        clients: list[dict[str, Any]] = await remote.read("CLIENT LIST", cmd.client_list)
-    except CalRedisError:  # CLIENT may be refused by an ACL: not counted
-        caches = None
-    else:
-        caches = sum(1 for c in clients if _str(c.get("name", "")).startswith(SYNC_CLIENT_PREFIX)
-                     and int(c.get("psub", 0)) > 0)
+    """Subscribers of the event channels: on a Redis Cluster summed over every node
+    (classic pub/sub: each subscriber sits on one node)."""
+    remote: Any = cache.remote
+    servers = ([remote.node(n) for n in remote.topology.nodes] if remote.is_cluster
+               else [remote.cmd])
+    subscribers = patterns = 0
+    account_channels: set[bytes] = set()
+    caches: int | None = 0
+    for server in servers:
+        numsub = await remote.read("PUBSUB NUMSUB", server.pubsub_numsub, keys.EVENTS)
+        subscribers += int(numsub[0][1]) if numsub else 0
+        patterns += int(await remote.read("PUBSUB NUMPAT", server.pubsub_numpat))
+        account_channels.update(await remote.read(
+            "PUBSUB CHANNELS", server.pubsub_channels, keys.account_events_pattern()))
+        try:
+            clients: list[dict[str, Any]] = await remote.read("CLIENT LIST", server.client_list)
+        except CalRedisError:  # CLIENT may be refused by an ACL: not counted
+            caches = None
+        else:
+            if caches is not None:
+                caches += sum(1 for c in clients
+                              if _str(c.get("name", "")).startswith(SYNC_CLIENT_PREFIX)
+                              and int(c.get("psub", 0)) > 0)
     return {
-        keys.EVENTS: int(numsub[0][1]) if numsub else 0,
-        "patterns_subscribed": int(numpat),
+        keys.EVENTS: subscribers,
+        "patterns_subscribed": patterns,
         "pattern": keys.account_events_pattern(),
         "account_channels_subscribed": len(account_channels),
         "caches_subscribed": caches,
