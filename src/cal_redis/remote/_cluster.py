@@ -198,6 +198,11 @@ _ROUTES: Final[dict[str, Callable[[Sequence[Any]], Any]]] = {
 }
 
 
+def routing_key(name: str, args: Sequence[Any]) -> Any:
+    """The key a command named ``name`` (a redis-py method) is routed by, or None."""
+    return _ROUTES.get(name, _route_first)(args)
+
+
 class _Router:
     """``remote.cmd`` of a cluster: ``cmd.hget(key, field)`` runs on the key's master."""
 
@@ -452,7 +457,7 @@ class ClusterRemote(Remote):
         recorder = _Recorder()
         build(recorder)
         commands = recorder.commands
-        keys = [_ROUTES.get(name, _route_first)(args) for name, args, _ in commands]
+        keys = [routing_key(name, args) for name, args, _ in commands]
         if transaction:
             slots = {_slot(k) for k in keys if k is not None}
             if len(slots) > 1:
@@ -520,7 +525,7 @@ class ClusterRemote(Remote):
         for i, reply in enumerate(replies):
             if isinstance(reply, rexc.AskError | rexc.TryAgainError | rexc.ClusterDownError):
                 name, args, kwargs = commands[i]
-                replies[i] = await self.execute(name, _ROUTES.get(name, _route_first)(args),
+                replies[i] = await self.execute(name, routing_key(name, args),
                                                 args, kwargs)
         for reply in replies:
             if isinstance(reply, Exception):
