@@ -31,6 +31,7 @@ from cal_redis import (
     ValidationError,
 )
 from cal_redis.embedded import EmbeddedRedis, _free_port
+from cal_redis.engine.negative import held as l1_value  # ABSENT (known absent) -> None
 from cal_redis.sync import MAX_EVENT_BYTES
 from keyspace import K
 from redis_stats import client_of, kill_clients, numsub, url_of
@@ -563,7 +564,7 @@ async def test_race_no_stale_reads(
             delay = 0
             raws = await checker.hmget("cal:users", keys)
             truths = [None if d is None else msgspec.json.decode(d, type=User) for d in raws]
-            held = [c.local["users"].peek(k) for c in (a, b) for k in keys]
+            held = [l1_value(c.local["users"].peek(k)) for c in (a, b) for k in keys]
             got = await asyncio.gather(*(c.get_user_by_id(k) for c in (a, b) for k in keys))
             for n, (h, g) in enumerate(zip(held, got, strict=True)):
                 truth = truths[n % 3]

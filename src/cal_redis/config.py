@@ -8,6 +8,7 @@ or ``unix:///path/to/socket``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import warnings
@@ -34,20 +35,34 @@ ENV_URL = "CAL_VALKEY_HOST"
 ENV_LOG = "CAL_REDIS_LOG"
 
 MB = 1024 * 1024
+#: Seconds a lookup that found nothing is cached as absent (per namespace, 0: off).
+DEFAULT_NEGATIVE_TTL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class NamespaceBudget:
-    """Size and lifetime of one L1 namespace: ``max_bytes`` of entry weight, ``ttl`` seconds."""
+    """Size and lifetime of one L1 namespace: ``max_bytes`` of entry weight, ``ttl`` seconds.
+
+    ``negative_ttl``: seconds a cache-first lookup that found nothing in Redis (by id,
+    by ident, trunk IP, flow state) is remembered as absent in L1, so repeating it costs
+    no round trip; 0 turns negative caching off for the namespace. An absent entry is
+    fenced like any fill and dropped by the matching event and by this instance's own
+    writes (docs/sync.md, *Negative caching*).
+    """
 
     max_bytes: int
     ttl: float
+    negative_ttl: float = DEFAULT_NEGATIVE_TTL
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0:
             raise ConfigurationError(f"max_bytes must be >= 0, got {self.max_bytes}")
         if not self.ttl > 0:
             raise ConfigurationError(f"ttl must be > 0 seconds, got {self.ttl}")
+        if not 0 <= self.negative_ttl < math.inf:  # also rejects NaN
+            raise ConfigurationError(
+                f"negative_ttl must be >= 0 seconds and finite (0: off), got {self.negative_ttl}"
+            )
 
 
 #: SPEC defaults: regions 5 MB/60 s, accounts 50 MB/60 s, users 20 MB/60 s,
@@ -265,10 +280,13 @@ class CacheConfig:
         except KeyError:
             raise ConfigurationError(f"unknown L1 namespace {namespace!r}") from None
 
-    def with_budget(self, namespace: str, *, max_bytes: int, ttl: float) -> CacheConfig:
+    def with_budget(
+        self, namespace: str, *, max_bytes: int, ttl: float,
+        negative_ttl: float = DEFAULT_NEGATIVE_TTL,
+    ) -> CacheConfig:
         """A copy of this config with one namespace's budget replaced."""
         budgets = dict(self.budgets)
-        budgets[namespace] = NamespaceBudget(max_bytes, ttl)
+        budgets[namespace] = NamespaceBudget(max_bytes, ttl, negative_ttl)
         return replace(self, budgets=budgets)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..engine.entities import Entities, EntitySpec
+from ..engine.negative import ABSENT
 from ..keys import KeyBuilder
 from ..models import Account, Device, Proxy, Region, User
 
@@ -86,7 +87,7 @@ class CacheFirstOps:
         except TypeError:
             hit = None
         if hit is not None:
-            return hit
+            return None if hit is ABSENT else hit
         return await self._users.load(None, user_id)
 
     get_user = get_user_by_id

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .. import codec
 from .._context import NeedsContext
+from ..engine.negative import ABSENT
 from ..engine.ttl_keys import TtlKeys, TtlKeySpec
 from ..engine.writes import ANY, KNOWN, Guess, Step, Target, check_model, owned
 from ..models import Event, FlowState
@@ -57,7 +58,7 @@ class FlowStateOps(NeedsContext):
         except TypeError:
             hit = None  # unhashable id: the key builder names the argument
         if hit is not None:
-            return hit
+            return None if hit is ABSENT else hit
         key = self._ctx.keys.flow_state(account_id, flow_id)
         return await engine.get(account_id, flow_id, key)
 
@@ -87,7 +88,7 @@ class FlowStateOps(NeedsContext):
         target = Target(key, channel=ctx.keys.account_events(account_id), ttl=str(ms),
                         known=codec.known_fields(FlowState))
         engine = self._flow_states
-        held = engine.l1.peek((account_id, state.id))
+        held = engine.held(account_id, state.id)
         guess: Guess = codec.encode(held) if held is not None else KNOWN
         await engine.write(account_id, state.id, target, compute, guess, keep=state,
                            ttl_s=ms / 1000, replace=True)

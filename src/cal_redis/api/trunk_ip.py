@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .. import codec
 from .._context import NeedsContext
+from ..engine.negative import ABSENT
 from ..engine.ttl_keys import TtlKeys, TtlKeySpec
 from ..engine.writes import ANY, Guess, Step, Target
 from ..errors import SerializationError
@@ -49,7 +50,7 @@ class TrunkIpOps(NeedsContext):
         ip = canonical_ip(trunk_ip)
         hit: str | None = self._trunk_ips.l1.get(ip)
         if hit is not None:
-            return hit
+            return None if hit is ABSENT else hit
         return await self._trunk_ips.get(None, ip, self._ctx.keys.trunk_ip(ip))
 
     async def _write_trunk_ip(self, trunk_ip: str, account_id: str | None) -> bool:

@@ -11,6 +11,7 @@ and writes (set, partial update, delete) through the one write path
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -24,6 +25,7 @@ from ..keys import KeyBuilder, validate_id, validate_ident, validate_ids
 from ..models import Event, Model
 from ..remote import HMGET_CHUNK, scan_entries
 from .coalesce import HashReader
+from .negative import ABSENT, held
 from .single_flight import SingleFlight
 from .writes import KNOWN, Guess, Step, Target, write
 
@@ -69,6 +71,8 @@ class Entities(Generic[T]):
         "_global_hkey",
         "_id_arg",
         "_known",
+        "_negative_ttl",
+        "_negatives_until",
         "_readers",
         "_remote",
         "flights",
@@ -91,6 +95,10 @@ class Entities(Generic[T]):
         self._id_arg = spec.kind.lower() + "_id"
         self._global_hkey = "" if spec.scoped else spec.hash_key(ctx.keys, None)
         self._known = codec.known_fields(spec.model)
+        self._negative_ttl = ctx.config.budget(spec.namespace).negative_ttl
+        # Until when (monotonic) an ABSENT entity entry may be alive: batch reads look
+        # for the marker only then, so a namespace without misses pays nothing.
+        self._negatives_until = 0.0
         # Coalesced readers by hash key (None: coalescing off); those of account
         # hashes are dropped when idle.
         self._readers: dict[str, HashReader] | None = {} if ctx.config.coalesce_reads else None
@@ -162,7 +170,7 @@ class Entities(Generic[T]):
         except TypeError:
             hit = None  # unhashable id: load() names the argument
         if hit is not None:
-            return hit
+            return None if hit is ABSENT else hit
         return await self.load(account_id, id_)
 
     def load(self, account_id: str | None, id_: str) -> Awaitable[T | None]:
@@ -180,6 +188,7 @@ class Entities(Generic[T]):
         try:
             raw = await self._hget(hkey, id_)
             if raw is None:
+                self._fill_absent(key, token)
                 return None
             try:
                 value: T = self._decode(raw)
@@ -192,6 +201,16 @@ class Entities(Generic[T]):
             return value
         finally:
             l1.end_fill()
+
+    def _fill_absent(self, key: Hashable, token: int) -> None:
+        """Remember ``key`` as absent for the negative TTL (fenced by ``token``)."""
+        ttl = self._negative_ttl
+        if ttl and self._gate.fill_ok:
+            weight = self._ctx.local.ident_weight(self.spec.namespace, 0)
+            if self.l1.set_if_fresh(key, ABSENT, weight, token, ttl) and not (
+                    type(key) is tuple and key[-2] == _IDENT):
+                # + 1 s: the L1's coarse clock may keep the entry a tick longer.
+                self._negatives_until = time.monotonic() + ttl + 1.0
 
     async def get_by_ident(self, account_id: str | None, ident: str) -> T | None:
         """Resolve an ident (hash ``*:idents`` → id) then get the entity, both cache-first.
@@ -209,6 +228,8 @@ class Entities(Generic[T]):
         ikey = self._ident_l1_key(account_id, ident)
         l1 = self.l1
         cached_id = l1.get(ikey)
+        if cached_id is ABSENT:
+            return None
         if cached_id is not None:
             ent = await self.get(account_id, cached_id)
             if ent is not None and ident in self.idents_of(ent):
@@ -218,6 +239,7 @@ class Entities(Generic[T]):
         try:
             raw_id = await self._hget(ikey_hash, ident)
             if raw_id is None:
+                self._fill_absent(ikey, token)
                 return None
             try:
                 id_ = validate_id(raw_id.decode(), "id")
@@ -260,14 +282,23 @@ class Entities(Generic[T]):
             validate_ids(id_list, "ids")  # names the unhashable (non-str) id
             raise
         n_miss = out.count(None)
-        if not n_miss:
+        absent: list[int] = []
+        if self._negatives_until:  # ids known absent: None, not fetched
+            if time.monotonic() > self._negatives_until:
+                self._negatives_until = 0.0  # every ABSENT entry has expired
+            elif ABSENT in out:
+                absent = [i for i, v in enumerate(out) if v is ABSENT]
+                for i in absent:
+                    out[i] = None
+        if n_miss == 0:
             return out
         # The misses: their keys, each once, and where they go in ``out``; ``dups``:
         # later positions of a key asked for twice.
         pos: Sequence[int] = range(len(out))
         mkeys = keys
         if n_miss != len(out):
-            pos = [i for i, v in enumerate(out) if v is None]
+            known = frozenset(absent)
+            pos = [i for i, v in enumerate(out) if v is None and i not in known]
             mkeys = [keys[i] for i in pos]
         dups: list[tuple[int, list[int]]] = []
         if len(set(mkeys)) != len(mkeys):
@@ -501,9 +532,10 @@ class Entities(Generic[T]):
         return obj
 
     def _guess(self, key: Hashable) -> bytes | None:
-        """What this instance believes is stored: its L1 copy, re-encoded (None: no copy)."""
-        held = self.l1.peek(key)
-        return None if held is None else codec.encode(held)
+        """What this instance believes is stored: its L1 copy, re-encoded (None: no copy,
+        or known absent: then the write script reads what is stored)."""
+        copy = held(self.l1.peek(key))
+        return None if copy is None else codec.encode(copy)
 
     async def set(self, account_id: str | None, obj: T) -> T:
         """Write ``obj`` (merged over fields other services wrote), its idents and event.
@@ -618,7 +650,7 @@ class Entities(Generic[T]):
         )
         key = self.l1_key(account_id, id_)
         l1 = self.l1
-        held = l1.peek(key)
+        before = held(l1.peek(key))
         track = self._gate.track
         if track:
             self.pending[key] = self.pending.get(key, 0) + 1
@@ -644,9 +676,10 @@ class Entities(Generic[T]):
             if existed is not None:
                 existed.append(outcome.existed)
             old_idents = self._stored_idents(outcome.before) | (
-                self.idents_of(held) if held is not None else frozenset()
+                self.idents_of(before) if before is not None else frozenset()
             )
-            for ident in old_idents - frozenset(step.add_idents):
+            # Old idents are dropped; new ones too (one may be cached as absent).
+            for ident in old_idents | frozenset(step.add_idents):
                 l1.invalidate(self._ident_l1_key(account_id, ident))
             value: T | None = step.result
             if value is None or step.value is None:
@@ -779,6 +812,10 @@ class Entities(Generic[T]):
             l1.invalidate(key)  # whatever the data turns out to be, the old value is gone
             raw = bytes(event.data)
             value = codec.decode(raw, self.spec.model, key="event " + self.spec.kind, field=id_)
+            for ident in self.idents_of(value):  # an ident cached as absent now resolves
+                ikey = self._ident_l1_key(account_id, ident)
+                if l1.peek(ikey) is ABSENT:
+                    l1.invalidate(ikey)
             if getattr(value, "id", None) != id_:
                 raise SerializationError(f"event id {id_!r} does not match its data")
             if self.spec.scoped and getattr(value, "account_id", "") not in ("", account_id):
@@ -786,5 +823,9 @@ class Entities(Generic[T]):
             if self._gate.fill_ok:
                 l1.set(key, value, self._weight(len(raw)))
                 return "refresh"
+        elif action in ("Create", "Update") and self.spec.ident_fields:
+            # No data: which idents now resolve is unknown, so none stays cached absent.
+            l1.invalidate_where(
+                lambda k: type(k) is tuple and k[-2] == _IDENT and l1.peek(k) is ABSENT)
         l1.invalidate(key)
         return "invalidate"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ..errors import SerializationError, ValidationError
 from ..keys import validate_id
 from ..models import Event
+from .negative import ABSENT
 from .single_flight import SingleFlight
 from .writes import Guess, Outcome, Step, Target, write
 
@@ -54,12 +55,13 @@ class TtlKeySpec(Generic[V]):
 class TtlKeys(Generic[V]):
     """Cache-first reads and the writes of one kind of string-key value."""
 
-    __slots__ = ("_ctx", "flights", "l1", "spec")
+    __slots__ = ("_ctx", "_negative_ttl", "flights", "l1", "spec")
 
     def __init__(self, spec: TtlKeySpec[V], ctx: Context) -> None:
         self.spec = spec
         self._ctx = ctx
         self.l1: LRUCache = ctx.local[spec.namespace]
+        self._negative_ttl = ctx.config.budget(spec.namespace).negative_ttl
         self.flights: SingleFlight[Hashable, V | None] = SingleFlight()
 
     @property
@@ -83,8 +85,14 @@ class TtlKeys(Generic[V]):
         ck = self.l1_key(account_id, id_)
         hit: V | None = self.l1.get(ck)
         if hit is not None:
-            return hit
+            return None if hit is ABSENT else hit
         return await self.flights.run(ck, lambda: self._fetch(ck, id_, key))
+
+    def held(self, account_id: str | None, id_: str) -> V | None:
+        """The value L1 holds for ``id_`` (``peek``: no recency bump), None if none or
+        known absent."""
+        value: Any = self.l1.peek(self.l1_key(account_id, id_))
+        return None if value is ABSENT else value
 
     async def _read(self, key: str) -> tuple[bytes | None, int]:
         remote = self._ctx.remote
@@ -108,6 +116,9 @@ class TtlKeys(Generic[V]):
             try:
                 raw, pttl = await self._read(key)
                 if raw is None:
+                    if self._negative_ttl and gate.fill_ok:  # fenced: a racing write wins
+                        l1.set_if_fresh(ck, ABSENT, self._weight(id_, 0), token,
+                                        self._negative_ttl)
                     return None
                 value = self.spec.decode(raw, key, id_)
                 if not gate.fill_ok or pttl == 0:
