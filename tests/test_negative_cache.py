@@ -117,7 +117,7 @@ async def test_dataless_create_drops_absent_idents(cache: CallableCache, raw: re
     """A foreign writer's Create without data: which idents resolve is unknown."""
     assert await cache.get_user_by_ident("user4") is None
     raw.hset("cal:users", "u4", bytes(__import__("msgspec").json.encode(user(4))))
-    raw.hset("cal:user:idents", "user4", "u4")
+    raw.hset(cache.keys.USER_IDENTS, "user4", "u4")
     raw.publish("cal:events", b'{"type":"UserCreate","id":"u4"}')
     await until(lambda: ("\x00ident", "user4") not in cache.local["users"], what="ident dropped")
     assert await cache.get_user_by_ident("user4") == user(4)
