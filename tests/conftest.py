@@ -20,6 +20,11 @@ FLUSHALL on every master between tests): ``redis_url`` is then its
 ``redis+cluster://`` URL and ``raw`` a ``redis.RedisCluster``. Tests that cannot run
 on a cluster are marked ``standalone_only``.
 
+Tests marked ``faults`` (tests/test_faults.py: real faults against a server of their
+own, about two minutes) run only when ``-m`` selects them (``pytest -m faults``); every
+other run deselects them, so the main suite never runs them by accident. Their figures
+(``report_figures``) are printed at the end of the run.
+
 ``--event-loop=uvloop`` (or ``CAL_REDIS_TEST_LOOP=uvloop``) runs every async test and
 fixture on uvloop's event loop, through pytest-asyncio's ``pytest_asyncio_loop_factories``
 hook (pytest-asyncio 1.4+; install the ``uvloop`` extra).
@@ -52,6 +57,9 @@ L1_MARK = pytest.mark.l1
 C_EXT_MARK = pytest.mark.c_extension
 #: The parametrization of ``l1_impl`` in tests marked ``l1``; ids as in the test names.
 STANDALONE_MARK = pytest.mark.standalone_only
+FAULTS_MARK = pytest.mark.faults
+#: Lines tests leave for the end of the run: title -> (header, rows), in test order.
+FIGURES = pytest.StashKey[dict[str, tuple[str, list[str]]]]()
 L1_PARAMS = (pytest.param("c", marks=C_EXT_MARK, id="c"), pytest.param("py", id="py"))
 
 
@@ -126,6 +134,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if FAULTS_MARK.name not in (config.option.markexpr or ""):
+        faults = [item for item in items if item.get_closest_marker(FAULTS_MARK.name)]
+        if faults:
+            config.hook.pytest_deselected(items=faults)
+            items[:] = [item for item in items if not item.get_closest_marker(FAULTS_MARK.name)]
     if config.option.redis_cluster:
         alone = pytest.mark.skip(reason="--redis-cluster: needs a single server")
         for item in items:
@@ -174,6 +187,26 @@ def l1_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 def lru_cls(l1_impl: str) -> Any:
     """The LRU class of ``l1_impl`` (each implementation in turn in ``l1`` tests)."""
     return lru_class(l1_impl)
+
+
+@pytest.fixture(scope="session")
+def report_figures(pytestconfig: pytest.Config) -> Any:
+    """``report_figures(title, header, row)``: a row of figures printed under ``title``
+    (and its ``header``) in the terminal summary, which CI output shows without ``-s``."""
+    tables = pytestconfig.stash.setdefault(FIGURES, {})
+
+    def add(title: str, header: str, row: str) -> None:
+        tables.setdefault(title, (header, []))[1].append(row)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    for title, (header, rows) in config.stash.get(FIGURES, {}).items():
+        terminalreporter.write_sep("-", title)
+        terminalreporter.write_line(header)
+        for row in rows:
+            terminalreporter.write_line(row)
 
 
 @pytest.fixture(scope="session")
