@@ -10,6 +10,8 @@ L1 cannot be trusted: :meth:`Dispatcher.degraded` stops filling L1, stops tracki
 writes and flushes it; :meth:`Dispatcher.connected` (the subscriptions are confirmed)
 flushes it once more (whatever was cached before may have missed an event; a fill
 that began before is fenced out by the flush) and opens the gate again.
+With :attr:`Dispatcher.hold_on_loss` a loss suspends L1 instead of flushing it: the
+entries are held, not served (for serve-stale on error and event-log replay).
 
 **Logging** (logger ``cal_redis.sync``). A loss is a WARNING naming the server, the
 channels and the cause; the recovery an INFO with the cause and how long the cache was
@@ -177,6 +179,7 @@ class Dispatcher:
         "_targets",
         "apply_l1",
         "counters",
+        "hold_on_loss",
         "observer",
         "state",
         "types",
@@ -192,6 +195,10 @@ class Dispatcher:
         self.counters = Counters()
         #: True when received events are applied to this cache's L1.
         self.apply_l1 = False
+        #: On a loss, suspend L1 (hold its entries without serving them) instead of
+        #: flushing it: set when something can use the held entries (serve-stale on
+        #: error, or replaying the missed events from the event log).
+        self.hold_on_loss = False
         #: Rate-limited warnings (one per reason every LOG_EVERY seconds).
         self.warn = _LogLimiter()
         self._sync_log = _LogLimiter(logging.INFO)
@@ -235,6 +242,15 @@ class Dispatcher:
         log.log(level, "L1 flushed (%s) on instance %s: %s", reason,
                 self._ctx.instance_id[:12], ", ".join(dropped) or "nothing cached")
 
+    def _suspend(self) -> None:
+        """Hold L1's entries without serving them (events may be lost from now on);
+        forget pending own writes, as a flush does."""
+        self._ctx.local.suspend()
+        for kind in self.types.values():
+            kind.target.reset()
+        log.info("L1 suspended (lost) on instance %s: entries held, not served",
+                 self._ctx.instance_id[:12])
+
     def _degrade_clock(self, on: bool) -> None:
         now = time.monotonic()
         if self._degraded_at is not None and not on:
@@ -268,7 +284,10 @@ class Dispatcher:
             gate.track = False
             self.state = "degraded"
             self._degrade_clock(True)
-            self._flush("starting" if reason is None else "lost")
+            if reason is not None and self.hold_on_loss:
+                self._suspend()
+            else:
+                self._flush("starting" if reason is None else "lost")
 
     def connected(self, again: bool) -> None:
         """Both subscriptions confirmed: flush once more, then open the gate.
@@ -286,6 +305,7 @@ class Dispatcher:
             log.debug("subscribed to %s", self._where())
         if self.apply_l1:
             self._flush("resubscribed" if again else "subscribed")
+            self._ctx.local.resume()
             gate = self._ctx.gate
             gate.fill_ok = True
             gate.track = True
