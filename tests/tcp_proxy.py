@@ -211,7 +211,7 @@ class TcpProxy:
         self._flowing.clear()
 
     async def _drop(self) -> int:
-        links = [link for link in self._links if not link.zombie]
+        links = list(self._links)
         for link in links:
             link.close(abort=True)
             self._links.discard(link)

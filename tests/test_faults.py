@@ -194,6 +194,7 @@ async def checker(aof_server: AofServer, proxy: TcpProxy) -> AsyncIterator[aiore
     running, flushed server with the proxy forwarding."""
     await asyncio.to_thread(aof_server.resume)
     await asyncio.to_thread(proxy.forward)
+    await asyncio.to_thread(proxy.drop)  # nothing left over from an earlier test
     # Retried: its connection dies with the server (SIGKILL) or by CLIENT KILL.
     client = aioredis.Redis(
         host="127.0.0.1", port=aof_server.port, socket_timeout=5, socket_connect_timeout=5,
@@ -205,6 +206,66 @@ async def checker(aof_server: AofServer, proxy: TcpProxy) -> AsyncIterator[aiore
         yield client
     finally:
         await client.aclose()
+
+
+# -- the proxy itself ------------------------------------------------------------------------
+def _raw(proxy: TcpProxy) -> socket.socket:
+    return socket.create_connection((proxy.host, proxy.port), timeout=5)
+
+
+def _reply(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """What arrives within ``timeout`` s (b"" at EOF); raises socket.timeout if nothing."""
+    sock.settimeout(timeout)
+    return sock.recv(1024)
+
+
+def _silent(sock: socket.socket, quiet: float = 0.3) -> bool:
+    try:
+        _reply(sock, quiet)
+    except TimeoutError:
+        return True
+    return False
+
+
+def test_proxy_modes(proxy: TcpProxy, aof_server: AofServer) -> None:
+    """Each fault of the proxy does what its docstring says, on raw connections."""
+    aof_server.resume()
+    proxy.forward()
+    with _raw(proxy) as s:
+        s.sendall(b"PING\r\n")
+        assert _reply(s) == b"+PONG\r\n"
+        # delay: a round trip takes at least twice the delay (each direction)
+        proxy.delay(200)
+        began = time.monotonic()
+        s.sendall(b"PING\r\n")
+        assert _reply(s) == b"+PONG\r\n"
+        assert time.monotonic() - began >= 0.4
+        # a black hole that heals: held bytes are delivered, a connection accepted
+        # meanwhile is connected then
+        proxy.blackhole()
+        s.sendall(b"PING\r\n")
+        with _raw(proxy) as late:
+            late.sendall(b"ECHO hi\r\n")
+            assert _silent(s) and _silent(late)
+            proxy.forward()
+            assert _reply(s) == b"+PONG\r\n"
+            assert _reply(late) == b"$2\r\nhi\r\n"
+        # a black hole after which the old connections are dead for good
+        proxy.blackhole()
+        s.sendall(b"PING\r\n")
+        proxy.forward(zombies=True)
+        assert _silent(s, 0.5)
+        s.sendall(b"PING\r\n")
+        assert _silent(s)
+        with _raw(proxy) as fresh:
+            fresh.sendall(b"PING\r\n")
+            assert _reply(fresh) == b"+PONG\r\n"
+            # drop: every current connection is closed (the zombie's client side too)
+            assert proxy.drop() >= 2
+            assert _reply(fresh) == b"" and _reply(s) == b""
+    with _raw(proxy) as s:  # new connections are forwarded after a drop
+        s.sendall(b"PING\r\n")
+        assert _reply(s) == b"+PONG\r\n"
 
 
 # -- the workload ---------------------------------------------------------------------------
