@@ -339,8 +339,14 @@ class Workload:
             await self._write(cache, uid)
 
     async def _write(self, cache: CallableCache, uid: str) -> None:
+        """The next version of ``uid``: a whole-object ``set_user`` or, every other
+        time, an ``update_user`` (a compare-and-set against the value it read)."""
         version = self.sent[uid] = self.sent.get(uid, 0) + 1
-        ok, _ = await self._call("write", lambda: cache.set_user(User(id=uid, name=str(version))))
+        if version % 2:
+            write = lambda: cache.set_user(User(id=uid, name=str(version)))  # noqa: E731
+        else:
+            write = lambda: cache.update_user(uid, name=str(version))  # noqa: E731
+        ok, _ = await self._call("write", write)
         if ok:
             self.acked[uid] = version
 
@@ -513,6 +519,7 @@ COLUMNS = (
     ("fault", 15), ("variant", 11), ("L1", 2), ("read_ok_s", 9), ("write_ok_s", 10),
     ("sync_ok_s", 9), ("errors", 6), ("past_dl", 7), ("other_exc", 9), ("stale", 5),
     ("lost", 4), ("own_stale", 9), ("calls", 6), ("foreign_err", 11), ("quiet", 5),
+    ("errors_by_type", 0),
 )
 
 
@@ -522,6 +529,10 @@ def _row(values: dict[str, Any]) -> str:
 
 def _header() -> str:
     return "  ".join(name.rjust(width) for name, width in COLUMNS)
+
+
+def _by_type(errors: Counter[str]) -> str:
+    return ",".join(f"{name}:{n}" for name, n in sorted(errors.items())) or "-"
 
 
 # -- the test -------------------------------------------------------------------------------
@@ -595,7 +606,7 @@ async def test_fault(
             "past_dl": fig.past_deadline, "other_exc": len(fig.unexpected),
             "stale": len(stale), "lost": len(lost), "own_stale": fig.own_stale,
             "calls": fig.calls, "foreign_err": sum(fig.foreign_errors.values()),
-            "quiet": "yes" if quiet else "NO",
+            "quiet": "yes" if quiet else "NO", "errors_by_type": _by_type(fig.errors),
         }
         report_figures("fault suite", _header(), _row(values))
         summary = (f"{fault}/{variant} [{wall_end - wall_start:.1f} s fault, {lost_sync} "
