@@ -431,17 +431,24 @@ return log_publish(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])
 """
 
 #: Read a log for a replay (read-only): {0} when the stream does not exist, else
-#: {1, max-deleted-entry-id, last-generated-id, entries}, the entries those of
-#: ``XRANGE KEYS[1] ARGV[1] + COUNT ARGV[2]``.
+#: {1, max-deleted-entry-id, last-generated-id, entries, first entry id ('' if empty),
+#: entries-added, length}, the entries those of ``XRANGE KEYS[1] ARGV[1] + COUNT ARGV[2]``.
+#: (Trimming does not move max-deleted-entry-id, which only XDEL sets: whether a trim
+#: reached past an id is read from the first entry and the two counts.)
 _LOG_READ = r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local deleted, last = '0-0', '0-0'
+local deleted, last, first, added, length = '0-0', '0-0', '', 0, 0
 for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1]
-  elseif info[i] == 'last-generated-id' then last = info[i + 1] end
+  local k, v = info[i], info[i + 1]
+  if k == 'max-deleted-entry-id' then deleted = v
+  elseif k == 'last-generated-id' then last = v
+  elseif k == 'entries-added' then added = v
+  elseif k == 'length' then length = v
+  elseif k == 'first-entry' and type(v) == 'table' then first = v[1] end
 end
-return {1, deleted, last, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])}
+return {1, deleted, last, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2]),
+        first, added, length}
 """
 
 

@@ -294,8 +294,10 @@ class Dispatcher:
             self._lost_at = time.monotonic()
             self._cause = reason
             log.warning(
-                "sync degraded: event subscription to %s lost (%s); L1 flushed and bypassed, "
-                "cache-first reads go to Redis until it is restored", self._where(), reason
+                "sync degraded: event subscription to %s lost (%s); L1 %s, cache-first "
+                "reads go to Redis until it is restored", self._where(), reason,
+                "held (suspended)" if self.hold_on_loss and self.apply_l1 else
+                "flushed and bypassed",
             )
         if self.apply_l1:
             gate = self._ctx.gate

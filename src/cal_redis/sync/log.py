@@ -204,15 +204,25 @@ class EventLog:
 
     @staticmethod
     def _covered(plan: _Plan, reply: Any) -> list[Any] | None:
-        """The entries read if the log still holds every event after the start, else None."""
+        """The entries read if the log still holds every event after the start, else None.
+
+        Trimming only ever removes the oldest entries, so the log covers the gap when
+        nothing was removed at all (``entries-added == length``), or its first entry is
+        at or before the start, or nothing was added since the start; and no entry after
+        the start was deleted (XDEL: ``max-deleted-entry-id``).
+        """
         if not reply or int(reply[0]) == 0:
             return None  # no log: nothing says what changed
-        deleted = parse_id(reply[1])
         start = parse_id(plan.start)
-        if deleted > start or (plan.inclusive and deleted == start and deleted != (0, 0)):
-            return None  # trimmed past what was received
+        if parse_id(reply[1]) > start:
+            return None
         entries: list[Any] = list(reply[3] or [])
-        return entries
+        if int(reply[5]) == int(reply[6]) or parse_id(reply[2]) <= start:
+            return entries
+        first = reply[4]
+        if first and parse_id(first) <= start:
+            return entries
+        return None  # trimmed past what was received
 
     def _uncovered(self, d: Dispatcher, plan: _Plan, reply: Any) -> None:
         """The log does not cover the gap: flush its scope, and start after its end."""
