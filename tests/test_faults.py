@@ -51,6 +51,7 @@ from redis.backoff import ExponentialBackoff
 from cal_redis import CacheConfig, CallableCache, CalRedisError, Event, User
 from cal_redis.embedded import EmbeddedRedis
 from tcp_proxy import TcpProxy
+from test_event_log import reference_script
 
 pytestmark = [pytest.mark.faults, pytest.mark.standalone_only]
 
@@ -301,6 +302,10 @@ class Workload:
         self.caches = {"a": a, "b": b}
         self.foreign = foreign
         self.keys = a.keys
+        self.config = a.config
+        #: The reference write + log + publish script, when gaps are replayed.
+        self.log_script = (reference_script()
+                           if getattr(a.config, "event_log", "flush") == "replay" else None)
         self.ids = {w: [f"{w}{i}" for i in range(IDS_PER_WRITER)] for w in ("a", "b", "f")}
         self.all_ids = [uid for ids in self.ids.values() for uid in ids]
         self.sent: dict[str, int] = {}  # uid -> last version sent
@@ -381,16 +386,23 @@ class Workload:
             await asyncio.sleep(0.001)  # L1 hits complete without yielding
 
     async def foreign_write(self, uid: str) -> bool:
-        """HSET the user and PUBLISH its UserUpdate in one MULTI/EXEC, as the wire
-        format's writes do (a plain client: no script, no merge)."""
+        """Write the user and publish its UserUpdate atomically, as docs/wire-format.md
+        says a plain client does: HSET and PUBLISH in one MULTI/EXEC or, when the caches
+        replay gaps from the event log, the reference script that also logs the event."""
         version = self.sent[uid] = self.sent.get(uid, 0) + 1
-        user = {"id": uid, "name": str(version)}
-        event = {"type": "UserUpdate", "id": uid, "origin": "foreign-writer",
-                 "ts": int(time.time() * 1000), "data": user}
-        pipe = self.foreign.pipeline(transaction=True)
-        pipe.hset(self.keys.USERS, uid, json.dumps(user))
-        pipe.publish(self.keys.EVENTS, json.dumps(event))
+        user = json.dumps({"id": uid, "name": str(version)})
+        event = json.dumps({"type": "UserUpdate", "id": uid, "origin": "foreign-writer",
+                            "ts": int(time.time() * 1000), "data": json.loads(user)})
+        keys, config = self.keys, self.config
         self.figures.foreign_writes += 1
+        pipe = self.foreign.pipeline(transaction=True)
+        if self.log_script is not None:
+            pipe.eval(self.log_script, 2, keys.USERS, keys.table_log(keys.USERS), uid, user,
+                      keys.EVENTS, event, int(config.event_log_retention * 1000),
+                      config.event_log_max_len)
+        else:
+            pipe.hset(keys.USERS, uid, user)
+            pipe.publish(keys.EVENTS, event)
         try:
             await asyncio.wait_for(pipe.execute(), DEADLINE)
         except Exception as err:  # the plain client's own errors: counted apart
@@ -519,7 +531,7 @@ COLUMNS = (
     ("fault", 15), ("variant", 11), ("L1", 2), ("read_ok_s", 9), ("write_ok_s", 10),
     ("sync_ok_s", 9), ("errors", 6), ("past_dl", 7), ("other_exc", 9), ("stale", 5),
     ("lost", 4), ("own_stale", 9), ("calls", 6), ("foreign_err", 11), ("quiet", 5),
-    ("errors_by_type", 0),
+    ("replays", 7), ("errors_by_type", 0),
 )
 
 
@@ -607,6 +619,7 @@ async def test_fault(
             "stale": len(stale), "lost": len(lost), "own_stale": fig.own_stale,
             "calls": fig.calls, "foreign_err": sum(fig.foreign_errors.values()),
             "quiet": "yes" if quiet else "NO", "errors_by_type": _by_type(fig.errors),
+            "replays": sum(getattr(c.sync_state, "replays", 0) for c in (a, b)),
         }
         report_figures("fault suite", _header(), _row(values))
         summary = (f"{fault}/{variant} [{wall_end - wall_start:.1f} s fault, {lost_sync} "
@@ -620,6 +633,8 @@ async def test_fault(
         assert not fig.unexpected, f"{fig.unexpected[:5]}: {summary}"
         assert not lost, f"acknowledged writes lost {lost[:5]}: {summary}"
         assert not stale, f"stale reads after quiescence {stale[:5]}: {summary}"
+        if work.log_script is not None:  # every event was logged: replay stayed on
+            assert all(c.sync_state.unlogged == 0 for c in (a, b)), summary
         if "stale_if_error" not in VARIANTS[variant]:
             assert fig.own_stale == 0, f"read-your-writes broken: {summary}"
     finally:
