@@ -312,6 +312,10 @@ class Workload:
         self.acked: dict[str, int] = {}  # uid -> last version acknowledged
         self.figures = Figures()
         self.fault_end: float | None = None
+        #: Set once the caches recovered: from then on half of each writer's ids are no
+        #: longer written, so what they got during the fault (events a cache may have
+        #: missed) is never covered up by a later event.
+        self.frozen = False
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -355,12 +359,17 @@ class Workload:
         if ok:
             self.acked[uid] = version
 
+    def _next_id(self, ids: list[str], n: int) -> str:
+        """The ``n``-th id to write: all in turn, only the first half once :attr:`frozen`
+        (the other half then keeps what it got during the fault)."""
+        return ids[n % (len(ids) // 2 if self.frozen else len(ids))]
+
     async def _writer(self, name: str) -> None:
         cache = self.caches[name]
         ids = self.ids[name]
         n = 0
         while not self._stop.is_set():
-            await self._write(cache, ids[n % len(ids)])
+            await self._write(cache, self._next_id(ids, n))
             n += 1
             await asyncio.sleep(0.002)
 
@@ -417,7 +426,7 @@ class Workload:
         ids = self.ids["f"]
         n = 0
         while not self._stop.is_set():
-            await self.foreign_write(ids[n % len(ids)])
+            await self.foreign_write(self._next_id(ids, n))
             n += 1
             await asyncio.sleep(0.003)
 
@@ -484,11 +493,17 @@ class Env:
     checker: aioredis.Redis
 
 
-async def _repeat(times: int, gap: float, action: Callable[[], Awaitable[object]]) -> None:
-    for i in range(times):
-        if i:
-            await asyncio.sleep(gap)
-        await action()
+async def _kills(kill: Callable[[], Awaitable[object]]) -> None:
+    """Three kills 0.4 s apart, then a storm: a kill every 10 ms for 0.3 s, so that
+    connections are mostly down while the writers go on (each reconnection is killed
+    again within milliseconds)."""
+    for _ in range(3):
+        await kill()
+        await asyncio.sleep(0.4)
+    storm_end = time.monotonic() + 0.3
+    while time.monotonic() < storm_end:
+        await kill()
+        await asyncio.sleep(0.01)
 
 
 async def inject(fault: str, env: Env) -> None:
@@ -507,9 +522,9 @@ async def inject(fault: str, env: Env) -> None:
             os.kill(server.pid, signal.SIGCONT)
     elif fault in ("kill-pubsub", "kill-normal"):
         kind = fault.split("-")[1]
-        await _repeat(4, 0.4, lambda: checker.client_kill_filter(_type=kind))
+        await _kills(lambda: checker.client_kill_filter(_type=kind))
     elif fault == "proxy-drop":
-        await _repeat(4, 0.4, lambda: asyncio.to_thread(proxy.drop))
+        await _kills(lambda: asyncio.to_thread(proxy.drop))
     elif fault == "proxy-delay":
         await asyncio.to_thread(proxy.delay, DELAY_MS)
         try:
@@ -584,6 +599,7 @@ async def test_fault(
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.01)
+        work.frozen = True
         await asyncio.sleep(0.3)
         await work.stop()
         # Quiescence: both connected, a barrier event seen by both.
