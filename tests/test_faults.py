@@ -269,6 +269,27 @@ def test_proxy_modes(proxy: TcpProxy, aof_server: AofServer) -> None:
         assert _reply(s) == b"+PONG\r\n"
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+async def test_connect_and_close_in_a_black_hole(
+    variant: str, proxy: TcpProxy, checker: aioredis.Redis, l1_impl: str
+) -> None:
+    """While nothing gets through, ``connect`` fails with a CalRedisError and
+    ``close`` of a connected cache returns, each well within the deadline."""
+    config = variant_config(variant)
+    cache = await CallableCache.connect(proxy.url, config=config)
+    await cache.set_user(User(id="u1", name="1"))
+    await asyncio.to_thread(proxy.blackhole)
+    try:
+        with pytest.raises(CalRedisError):
+            await asyncio.wait_for(CallableCache.connect(proxy.url, config=config), DEADLINE)
+        with pytest.raises(CalRedisError):
+            await asyncio.wait_for(cache.get_users_batch(["u1", "u2"]), DEADLINE)
+        await asyncio.wait_for(cache.close(), DEADLINE)
+    finally:
+        await asyncio.to_thread(proxy.forward)
+        await cache.close()
+
+
 # -- the workload ---------------------------------------------------------------------------
 def version_of(data: bytes | None) -> int | None:
     """The version a stored user JSON carries (its ``name``), None when absent."""
@@ -282,8 +303,9 @@ class Figures:
     calls: int = 0
     #: CalRedisErrors raised by cache calls, by class name (expected during faults).
     errors: Counter[str] = field(default_factory=Counter)
-    #: Cache calls that outlived DEADLINE.
+    #: Cache calls that outlived DEADLINE, and the longest call that did not (s).
     past_deadline: int = 0
+    longest: float = 0.0
     #: Cache calls that raised something else than a CalRedisError (repr each).
     unexpected: list[str] = field(default_factory=list)
     #: Reads of an instance's own ids older than its last acknowledged write when the
@@ -336,6 +358,10 @@ class Workload:
         except Exception as err:
             fig.unexpected.append(f"{kind}: {err!r}")
             return False, None
+        finally:
+            took = loop.time() - began
+            if took <= DEADLINE:
+                fig.longest = max(fig.longest, took)
         end = self.fault_end
         if end is not None and began >= end and kind not in fig.first_ok:
             fig.first_ok[kind] = loop.time() - end
@@ -544,7 +570,7 @@ async def inject(fault: str, env: Env) -> None:
 # -- the report -----------------------------------------------------------------------------
 COLUMNS = (
     ("fault", 15), ("variant", 11), ("L1", 2), ("read_ok_s", 9), ("write_ok_s", 10),
-    ("sync_ok_s", 9), ("errors", 6), ("past_dl", 7), ("other_exc", 9), ("stale", 5),
+    ("sync_ok_s", 9), ("longest_s", 9), ("errors", 6), ("past_dl", 7), ("other_exc", 9), ("stale", 5),
     ("lost", 4), ("own_stale", 9), ("calls", 6), ("foreign_err", 11), ("quiet", 5),
     ("replays", 7), ("errors_by_type", 0),
 )
@@ -630,7 +656,8 @@ async def test_fault(
             "fault": fault, "variant": variant, "L1": l1_impl,
             "read_ok_s": f"{fig.first_ok['read']:.2f}" if "read" in fig.first_ok else "-",
             "write_ok_s": f"{fig.first_ok['write']:.2f}" if "write" in fig.first_ok else "-",
-            "sync_ok_s": f"{sync_ok:.2f}", "errors": sum(fig.errors.values()),
+            "sync_ok_s": f"{sync_ok:.2f}", "longest_s": f"{fig.longest:.2f}",
+            "errors": sum(fig.errors.values()),
             "past_dl": fig.past_deadline, "other_exc": len(fig.unexpected),
             "stale": len(stale), "lost": len(lost), "own_stale": fig.own_stale,
             "calls": fig.calls, "foreign_err": sum(fig.foreign_errors.values()),
