@@ -283,6 +283,9 @@ class Subscriber:
             unconfirmed = 2
             deadline = loop.time() + ctx.config.connect_timeout + ctx.config.socket_timeout
             read = conn.read_response
+            # Events that arrive between the two confirmations are held back too: one
+            # handled now would move the replay's starting point past the gap's events.
+            early: list[Any] = []
             while unconfirmed:
                 timeout = deadline - loop.time()
                 if timeout <= 0:
@@ -293,12 +296,14 @@ class Subscriber:
                 if isinstance(resp, list) and resp and resp[0] in (b"subscribe", b"psubscribe"):
                     unconfirmed -= 1
                 else:
-                    self._on_reply(resp)
+                    early.append(resp)
             # After a gap, the events missed are replayed from the logs before any
-            # live one is read (those wait in the socket): see sync/log.py.
+            # live one is handled (those wait in the socket): see sync/log.py.
             replayed = (self._ever_connected and self.dispatcher.replays
                         and await self.dispatcher.replay())
             self._enter_connected(replayed)
+            for resp in early:
+                self._on_reply(resp)
             self._live = True
             # Heartbeat: a PING every `interval`; dead when nothing at all arrived for
             # 2 x interval and the oldest unanswered PING is `interval` old (the
