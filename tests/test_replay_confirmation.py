@@ -1,15 +1,18 @@
 """A reconnection's two subscriptions are confirmed one after the other: an event that
 arrives between the two confirmations must not move the event-log replay's starting
 point past the events the gap missed (found by the fault suite: after SIGCONT, Valkey
-ran another client's write between the cache's SUBSCRIBE and PSUBSCRIBE)."""
+ran another client's write between the cache's SUBSCRIBE and PSUBSCRIBE), and is
+handled before the events that arrive after it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from cal_redis import CacheConfig, User
+from cal_redis.sync import Dispatcher
 from redis_stats import numsub
 from waiting import until
 
@@ -17,7 +20,7 @@ pytestmark = [pytest.mark.l1, pytest.mark.standalone_only]  # L1 behaviour: both
 
 
 async def test_an_event_between_the_confirmations_does_not_skip_the_gap(
-    make_cache: Any, raw: Any
+    make_cache: Any, raw: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = await make_cache(CacheConfig(event_log="replay", heartbeat_interval=0.2))
     writer = await make_cache(CacheConfig(sync=False))  # logs its events, subscribes to none
@@ -49,6 +52,16 @@ async def test_an_event_between_the_confirmations_does_not_skip_the_gap(
         return conn
 
     pool.make_connection = hooked
+    # And u2 again while the replay runs: that event waits in the socket behind the
+    # one that came between the confirmations, and must be handled after it.
+    replay = Dispatcher.replay
+
+    async def replay_with_a_write(self: Dispatcher) -> bool:
+        await writer.set_user(User(id="u2", name="v3"))
+        await asyncio.sleep(0.05)  # its event reaches A's socket before the replay ends
+        return await replay(self)
+
+    monkeypatch.setattr(Dispatcher, "replay", replay_with_a_write)
     name = "cal-redis-sync-" + a.instance_id[:12]
     ids = [c["id"] for c in raw.client_list() if c["name"] == name]
     assert len(ids) == 1
@@ -56,4 +69,4 @@ async def test_an_event_between_the_confirmations_does_not_skip_the_gap(
     await until(lambda: a.sync_state.reconnects >= 1 and a.sync_state.state == "connected",
                 5, "the reconnection")
     assert a.sync_state.replays >= 1  # replayed, not flushed
-    assert [u.name for u in await a.get_users_batch(["u1", "u2"])] == ["v2", "v2"]
+    assert [u.name for u in await a.get_users_batch(["u1", "u2"])] == ["v2", "v3"]
