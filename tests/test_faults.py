@@ -37,7 +37,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -338,6 +338,10 @@ class Workload:
         #: longer written, so what they got during the fault (events a cache may have
         #: missed) is never covered up by a later event.
         self.frozen = False
+        #: The last writes of each id: (version, began, ended (s after the fault
+        #: began), acknowledged), for the message of a failed check.
+        self.history: dict[str, deque[tuple[int, float, float, bool]]] = {}
+        self.fault_start = 0.0
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -373,6 +377,17 @@ class Workload:
         for uid in self.ids[name]:
             await self._write(cache, uid)
 
+    def _record(self, uid: str, version: int, began: float, ok: bool) -> None:
+        now = asyncio.get_running_loop().time()
+        if ok:
+            self.acked[uid] = version
+        self.history.setdefault(uid, deque(maxlen=3)).append(
+            (version, round(began - self.fault_start, 3), round(now - self.fault_start, 3), ok))
+
+    def story(self, uid: str) -> str:
+        """The last writes of ``uid`` (for a failed check's message)."""
+        return f"{uid} writes (version, began, ended, acked): {list(self.history.get(uid, ()))}"
+
     async def _write(self, cache: CallableCache, uid: str) -> None:
         """The next version of ``uid``: a whole-object ``set_user`` or, every other
         time, an ``update_user`` (a compare-and-set against the value it read)."""
@@ -381,9 +396,9 @@ class Workload:
             write = lambda: cache.set_user(User(id=uid, name=str(version)))  # noqa: E731
         else:
             write = lambda: cache.update_user(uid, name=str(version))  # noqa: E731
+        began = asyncio.get_running_loop().time()
         ok, _ = await self._call("write", write)
-        if ok:
-            self.acked[uid] = version
+        self._record(uid, version, began, ok)
 
     def _next_id(self, ids: list[str], n: int) -> str:
         """The ``n``-th id to write: all in turn, only the first half once :attr:`frozen`
@@ -430,6 +445,7 @@ class Workload:
                             "ts": int(time.time() * 1000), "data": json.loads(user)})
         keys, config = self.keys, self.config
         self.figures.foreign_writes += 1
+        began = asyncio.get_running_loop().time()
         pipe = self.foreign.pipeline(transaction=True)
         if self.log_script is not None:
             pipe.eval(self.log_script, 2, keys.USERS, keys.table_log(keys.USERS), uid, user,
@@ -442,10 +458,11 @@ class Workload:
             await asyncio.wait_for(pipe.execute(), DEADLINE)
         except Exception as err:  # the plain client's own errors: counted apart
             self.figures.foreign_errors[type(err).__name__] += 1
+            self._record(uid, version, began, False)
             return False
         finally:
             await pipe.reset()
-        self.acked[uid] = version
+        self._record(uid, version, began, True)
         return True
 
     async def _foreign_writer(self) -> None:
@@ -613,6 +630,7 @@ async def test_fault(
         work.start()
         await asyncio.sleep(0.4)
         wall_start = time.time()
+        work.fault_start = asyncio.get_running_loop().time()
         await inject(fault, env)
         loop = asyncio.get_running_loop()
         work.fault_end = loop.time()
@@ -647,8 +665,9 @@ async def test_fault(
                     got = await asyncio.wait_for(cache.get_user_by_id(uid), DEADLINE)
                     want = version_of(truth[uid])
                     if (None if got is None else int(got.name)) != want:
-                        stale.append(f"{name}:{uid} read {got and got.name} redis {want}")
-        lost = [f"{uid}: redis {version_of(truth[uid])} < acked {v}"
+                        stale.append(f"{name} read {got and got.name} redis {want}: "
+                                     f"{work.story(uid)}")
+        lost = [f"redis {version_of(truth[uid])} < acked {v}: {work.story(uid)}"
                 for uid, v in work.acked.items()
                 if (version_of(truth[uid]) or 0) < v]
         fig = work.figures
