@@ -120,7 +120,7 @@ DEFAULT_ENTRY_WEIGHTS: dict[str, EntryWeight] = {
 
 
 #: The values of :attr:`CacheConfig.topology`.
-TOPOLOGIES: Final = ("auto", "standalone", "cluster")
+TOPOLOGIES: Final = ("auto", "standalone", "cluster", "sentinel")
 
 #: The namespaces :meth:`~cal_redis.CallableCache.warm` fills from a whole table.
 WARMABLE = ("regions", "proxies", "accounts", "users")
@@ -180,9 +180,11 @@ class CacheConfig:
     #: proxy sets ``cluster=True`` on a standalone topology. See docs/wire-format.md.
     cluster: bool | None = None
     #: How the servers are reached: ``"standalone"`` (one server), ``"cluster"``
-    #: (Redis Cluster: commands routed by slot to each master) or ``"auto"`` (the
-    #: default): cluster for a ``redis+cluster://`` URL or a server reporting
-    #: ``cluster_enabled:1``, standalone otherwise. See docs/deployment.md.
+    #: (Redis Cluster: commands routed by slot to each master), ``"sentinel"`` (the
+    #: primary that Redis Sentinel names, followed across failovers; needs a
+    #: ``redis+sentinel://`` URL) or ``"auto"`` (the default): cluster for a
+    #: ``redis+cluster://`` URL or a server reporting ``cluster_enabled:1``, Sentinel
+    #: for a ``redis+sentinel://`` URL, standalone otherwise. See docs/deployment.md.
     topology: str = "auto"
     #: Seconds a cluster command that provably did not run (MOVED/ASK redirect,
     #: TRYAGAIN, CLUSTERDOWN, no connection could be made) keeps being re-sent, with
@@ -305,16 +307,16 @@ def resolve_url(url: str | None) -> str:
     return env
 
 
-_QUERY_PASSWORD = re.compile(r"([?&;]password=)[^&;#]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&;](?:sentinel_)?password=)[^&;#]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***``, for repr, logs and messages.
 
-    Covers ``redis://user:pass@host``, ``rediss://:pass@host``, ``unix://:pass@/path``
-    and ``...?password=pass``. Everything between the first ``:`` after the scheme's
-    ``//`` and the last ``@`` is masked, so a password holding ``@``, ``/`` or ``?``
-    does not leak even where the URL is malformed.
+    Covers ``redis://user:pass@host``, ``rediss://:pass@host``, ``unix://:pass@/path``,
+    ``...?password=pass`` and ``...?sentinel_password=pass``. Everything between the
+    first ``:`` after the scheme's ``//`` and the last ``@`` is masked, so a password
+    holding ``@``, ``/`` or ``?`` does not leak even where the URL is malformed.
 
     Example::
 
