@@ -20,6 +20,11 @@ FLUSHALL on every master between tests): ``redis_url`` is then its
 ``redis+cluster://`` URL and ``raw`` a ``redis.RedisCluster``. Tests that cannot run
 on a cluster are marked ``standalone_only``.
 
+Tests marked ``sentinel`` start their own Redis Sentinel deployment
+(:class:`~cal_redis.embedded.EmbeddedSentinel`: ``redis-sentinel`` processes beside a
+primary and its replicas). Without the ``redis-sentinel`` binary they are skipped,
+saying how to install it, except under ``CI=true``, where they run (and fail).
+
 ``--event-loop=uvloop`` (or ``CAL_REDIS_TEST_LOOP=uvloop``) runs every async test and
 fixture on uvloop's event loop, through pytest-asyncio's ``pytest_asyncio_loop_factories``
 hook (pytest-asyncio 1.4+; install the ``uvloop`` extra).
@@ -40,7 +45,7 @@ from hypothesis import settings
 from cal_redis import CacheConfig, CallableCache, _fast
 from cal_redis import local as local_mod
 from cal_redis._fast import _lru_py
-from cal_redis.embedded import EmbeddedCluster, EmbeddedRedis
+from cal_redis.embedded import EmbeddedCluster, EmbeddedRedis, EmbeddedRedisError, find_sentinel_binary
 
 # No per-example deadline: these 2-core CI machines are noisy. "ci" keeps examples
 # derandomized so a red run can be reproduced.
@@ -52,6 +57,7 @@ L1_MARK = pytest.mark.l1
 C_EXT_MARK = pytest.mark.c_extension
 #: The parametrization of ``l1_impl`` in tests marked ``l1``; ids as in the test names.
 STANDALONE_MARK = pytest.mark.standalone_only
+SENTINEL_MARK = pytest.mark.sentinel
 L1_PARAMS = (pytest.param("c", marks=C_EXT_MARK, id="c"), pytest.param("py", id="py"))
 
 
@@ -113,6 +119,8 @@ def pytest_configure(config: pytest.Config) -> None:
         (L1_MARK, "exercises the L1: tests using l1_impl run with each implementation"),
         (C_EXT_MARK, "runs only against the compiled module"),
         (STANDALONE_MARK, "needs a single server (skipped under --redis-cluster)"),
+        (SENTINEL_MARK, "starts redis-sentinel processes (skipped without the binary, "
+                        "except under CI=true)"),
     ):
         if mark.name not in declared:
             config.addinivalue_line("markers", f"{mark.name}: {doc}")
@@ -125,7 +133,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("l1_impl", L1_PARAMS, indirect=True)
 
 
+def sentinel_missing() -> str | None:
+    """Why the ``sentinel`` tests cannot run here (no binary), or None when they can."""
+    try:
+        find_sentinel_binary()
+    except EmbeddedRedisError as err:
+        return str(err)
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = sentinel_missing()
+    if missing is not None and os.environ.get("CI", "").lower() not in ("true", "1"):
+        no_sentinel = pytest.mark.skip(reason=missing)
+        for item in items:
+            if item.get_closest_marker(SENTINEL_MARK.name) is not None:
+                item.add_marker(no_sentinel)
     if config.option.redis_cluster:
         alone = pytest.mark.skip(reason="--redis-cluster: needs a single server")
         for item in items:

@@ -570,11 +570,11 @@ class SentinelRemote(Remote):
         service = self.parsed.service
         why = f"the primary of {service} moved from {old} to {self.primary_name} ({reason})"
         pool: Any = self.client.connection_pool
-        pool.master_address = address
+        pool.master_address = address  # from now on no connection to another is used
+        for hook in list(self._hooks):  # no await since the primary changed
+            hook(why)
         with contextlib.suppress(Exception):
             await pool.disconnect(inuse_connections=False)
-        for hook in list(self._hooks):
-            hook(why)
         for subscriber in list(self._subscribers):
             await subscriber.move(why)
         log.warning("%s: connections to %s dropped, L1 flushed, event subscription moved",
