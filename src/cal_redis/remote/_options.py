@@ -235,8 +235,9 @@ def connection_kwargs(url: str, options: Mapping[str, Any] | None = None) -> dic
 def check_client(client: Any, config: CacheConfig) -> None:
     """Refuse (:class:`~cal_redis.errors.ConfigurationError`, saying why) an application's
     client the cache cannot use as its own: not a ``redis.asyncio.Redis``, a cluster or
-    Sentinel client, one that retries commands, decodes replies or speaks another
-    protocol than :attr:`CacheConfig.protocol`."""
+    Sentinel client, one that retries commands, decodes replies or encodes other than
+    UTF-8. Its protocol (RESP2 or 3) is its own: :attr:`CacheConfig.protocol` applies
+    to the connections the cache makes."""
     from redis.asyncio.sentinel import SentinelConnectionPool
 
     if isinstance(client, aioredis.RedisCluster):
@@ -263,10 +264,6 @@ def check_client(client: Any, config: CacheConfig) -> None:
             why = _refusal(name, kwargs[name], config)
             if why is not None:
                 problems.append(why)
-    protocol = kwargs.get("protocol") or 2
-    if int(protocol) != config.protocol:
-        problems.append(f"the client speaks RESP{protocol} and CacheConfig.protocol is "
-                        f"{config.protocol}: make them equal")
     if problems:
         hint = ""
         if any(p.startswith("retry=") for p in problems):
