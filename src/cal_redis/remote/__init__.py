@@ -295,12 +295,7 @@ class Remote:
         """``options``: keyword options for every connection (checked by
         :func:`open_remote`); ``client``: an application's client to run the commands
         on, instead of a pool of the cache's own (``url`` then only names it)."""
-        self.url = url
-        #: The URL with any password replaced by ``***`` (for repr, logs, doctor).
-        self.safe_url = redact_url(url)
-        self.config = config
-        #: The keyword options of ``connect()`` every connection gets.
-        self.options: dict[str, Any] = dict(options or {})
+        self._setup(url, config, options)
         #: True when :attr:`client` is the application's (``connect(client=...)``): the
         #: cache neither changes its pool nor closes it.
         self.borrowed = client is not None
@@ -310,6 +305,16 @@ class Remote:
         #: The client, untyped: replies are bytes (``decode_responses=False``), which
         #: redis-py's annotations cannot express, so callers annotate each reply.
         self.cmd: Any = self.client
+
+    def _setup(self, url: str, config: CacheConfig, options: Mapping[str, Any] | None) -> None:
+        """What every kind of remote starts with: its URL, config, options, counters."""
+        self.url = url
+        #: The URL with any password replaced by ``***`` (for repr, logs, doctor).
+        self.safe_url = redact_url(url)
+        self.config = config
+        #: The keyword options of ``connect()`` every connection gets.
+        self.options: dict[str, Any] = dict(options or {})
+        self.borrowed = False
         self.round_trips = 0
         self.reads = 0
         self.errors = 0

@@ -298,11 +298,7 @@ class ClusterRemote(Remote):
     def __init__(
         self, url: str, config: CacheConfig, *, options: Mapping[str, Any] | None = None
     ) -> None:
-        self.url = url
-        self.safe_url = redact_url(url)
-        self.config = config
-        self.options = dict(options or {})
-        self.borrowed = False
+        self._setup(url, config, options)
         self.parsed = parse_cluster_url(url)
         # every node's URL shares the query and credentials: one check, before any I/O
         connection_kwargs(self.parsed.node_url(*self.parsed.seeds[0]), self.options)
@@ -313,12 +309,6 @@ class ClusterRemote(Remote):
         self._seen: Topology | None = None
         self._raw: Any = None
         self.cmd: Any = _Router(self)
-        self.round_trips = 0
-        self.reads = 0
-        self.observer = None
-        self.errors = 0
-        self.retries = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- nodes and the slot map ------------------------------------------------------------
     def node(self, name: str) -> aioredis.Redis:

@@ -346,11 +346,7 @@ class SentinelRemote(Remote):
     def __init__(
         self, url: str, config: CacheConfig, *, options: Mapping[str, Any] | None = None
     ) -> None:
-        self.url = url
-        self.safe_url = redact_url(url)
-        self.config = config
-        self.options = dict(options or {})
-        self.borrowed = False
+        self._setup(url, config, options)
         self.parsed = parse_sentinel_url(url)
         data = connection_kwargs(self.parsed.node_url("localhost", 6379), self.options)
         cls = data.pop("connection_class", Connection)
@@ -378,12 +374,6 @@ class SentinelRemote(Remote):
         self._listeners: list[asyncio.Task[None]] = []
         self._subscribers: weakref.WeakSet[_SubscriberPool] = weakref.WeakSet()
         self._confirmed: asyncio.Event | None = None
-        self.round_trips = 0
-        self.reads = 0
-        self.observer = None
-        self.errors = 0
-        self.retries = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _sentinel_kwargs(self) -> dict[str, Any]:
         parsed = self.parsed
