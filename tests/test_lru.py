@@ -1152,3 +1152,31 @@ def test_entries_cost_the_cyclic_gc_nothing(lru_cls: Any) -> None:
     gc.collect()
     assert len(c) == 10_000
     assert len(gc.get_objects()) - before < 100
+
+
+def test_suspend_hides_entries_until_resume(lru_cls: Any, clock: FakeClock) -> None:
+    """A suspended cache serves nothing (every read a miss), keeps its entries, and still
+    invalidates, expires and fences them; resume serves what is left."""
+    c = lru_cls(100, 10.0, clock=clock)
+    c.set("a", 1, 1)
+    c.set("b", 2, 1)
+    c.set("x", 3, 1, ttl=1.0)
+    assert c.suspended is False
+    c.suspend()
+    assert c.suspended is True
+    before = c.misses
+    assert c.get("a") is None
+    assert c.get_many(["a", "b"], 0) == [0, 0]
+    assert c.peek("a") is None and "a" not in c
+    assert c.misses == before + 3 and c.hits == 0
+    assert len(c) == 3
+    token = c.begin_fill()
+    assert c.invalidate("b") is True  # invalidations reach held entries, and fence
+    assert c.set_if_fresh("b", 20, 1, token) is False
+    c.end_fill()
+    clock.advance(2.0)
+    c.resume()
+    assert c.suspended is False
+    assert c.get("a") == 1
+    assert c.get("b") is None
+    assert c.get("x") is None  # expired while held

@@ -111,6 +111,16 @@ class LocalTier:
         """Drop every entry of every namespace; return the count."""
         return sum(cache.invalidate_all() for cache in self._caches.values())
 
+    def suspend(self) -> None:
+        """Hold every namespace's entries without serving them (see ``LRUCache.suspend``)."""
+        for cache in self._caches.values():
+            cache.suspend()
+
+    def resume(self) -> None:
+        """Serve the entries held since :meth:`suspend` again."""
+        for cache in self._caches.values():
+            cache.resume()
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters and weights per namespace (hits, misses, evictions, weight, ...)."""
         return {name: cache.stats() for name, cache in self._caches.items()}

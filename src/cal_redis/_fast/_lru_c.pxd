@@ -37,6 +37,7 @@ cdef class LRUCache:
     cdef Py_ssize_t _inflight
     cdef Py_ssize_t _max_fence
     cdef dict _fence
+    cdef bint _suspended          # every entry reads as a miss (kept)
     # counters
     cdef readonly unsigned long long hits
     cdef readonly unsigned long long misses

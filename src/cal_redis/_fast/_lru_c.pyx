@@ -172,6 +172,7 @@ cdef class LRUCache:
         self._c_clock = True
         self._default_ttl = INFINITY
         self._max_fence = 65536
+        self._suspended = False
 
     def __init__(self, max_weight, default_ttl=None, *, clock=None, max_fence=65536):
         cdef Py_ssize_t mw = _check_size(max_weight, "max_weight")
@@ -191,6 +192,7 @@ cdef class LRUCache:
         self._floor = 0
         self._inflight = 0
         self._fence = {}
+        self._suspended = False
         self._zero_stats()
         del old
 
@@ -374,7 +376,7 @@ cdef class LRUCache:
         cdef PyObject* p = PyDict_GetItemWithError(self._map, key)
         cdef _Entry e
         cdef double now
-        if p is NULL:
+        if p is NULL or self._suspended:
             if touch:
                 self.misses += 1
             return missing
@@ -437,7 +439,7 @@ cdef class LRUCache:
         cdef PyObject* p = PyDict_GetItemWithError(self._map, key)
         cdef _Entry held
         cdef double now
-        if p is NULL:
+        if p is NULL or self._suspended:
             self.misses += 1
             return default
         if (<_Entry>p).expires_at != INFINITY:
@@ -492,6 +494,19 @@ cdef class LRUCache:
     def keys(self):
         """Snapshot of the keys, most recent first (expired-but-unpurged included)."""
         return self._keys()
+
+    def suspend(self):
+        """Hold every entry without serving it (see ``_lru_py.LRUCache.suspend``)."""
+        self._suspended = True
+
+    def resume(self):
+        """Serve the entries held since :meth:`suspend` again."""
+        self._suspended = False
+
+    @property
+    def suspended(self):
+        """True between :meth:`suspend` and :meth:`resume`."""
+        return self._suspended
 
     # ------------------------------------------------------------------ writes
 

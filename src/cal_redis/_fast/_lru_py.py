@@ -178,6 +178,7 @@ class LRUCache:
         "_rejections",
         "_seq",
         "_stale_fills",
+        "_suspended",
         "_weight",
     )
 
@@ -226,6 +227,7 @@ class LRUCache:
         self._floor = 0
         self._inflight = 0
         self._fence = {}
+        self._suspended = False
         self.reset_stats()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -326,7 +328,7 @@ class LRUCache:
 
     def _lookup_live(self, key: Hashable, missing: Any) -> Any:
         entry = self._map.get(key)
-        if entry is None:
+        if entry is None or self._suspended:
             return missing
         if entry[2] != _INF and float(self._clock()) >= entry[2]:
             del self._map[key]
@@ -349,7 +351,7 @@ class LRUCache:
         """
         m = self._map
         entry = m.get(key)
-        if entry is None:
+        if entry is None or self._suspended:
             self._misses += 1
             return default
         expires_at = entry[2]
@@ -397,6 +399,26 @@ class LRUCache:
         be mutated while iterating over it.
         """
         return list(reversed(self._map))
+
+    def suspend(self) -> None:
+        """Hold every entry without serving it, until :meth:`resume`.
+
+        While suspended, :meth:`get`, :meth:`get_many`, :meth:`peek` and ``in`` treat
+        every key as missing (``get`` counts a miss); the entries stay, expire, are
+        evicted, invalidated and fenced as usual, and stores still work. The cache's
+        sync policy suspends L1 while events may be lost and resumes it once it knows
+        which entries the missed events changed (and has dropped those).
+        """
+        self._suspended = True
+
+    def resume(self) -> None:
+        """Serve the entries held since :meth:`suspend` again."""
+        self._suspended = False
+
+    @property
+    def suspended(self) -> bool:
+        """True between :meth:`suspend` and :meth:`resume`."""
+        return self._suspended
 
     # ------------------------------------------------------------------ writes
 
