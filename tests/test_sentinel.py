@@ -10,6 +10,7 @@ at the end of the module or the test. The failover test prints its figures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import redis
 
 from cal_redis import CacheConfig, CallableCache, User
 from cal_redis.config import redact_url
-from cal_redis.embedded import EmbeddedRedis, EmbeddedSentinel
+from cal_redis.embedded import EmbeddedRedis, EmbeddedRedisError, EmbeddedSentinel
 from cal_redis.errors import CalRedisError, ConfigurationError, ConnectionError
 from cal_redis.remote import SentinelRemote
 from cal_redis.remote._sentinel import DEFAULT_SENTINEL_PORT, parse_sentinel_url
@@ -96,8 +97,12 @@ def sentinel_url(deployment: EmbeddedSentinel) -> str:
 
 
 def _clients(d: EmbeddedSentinel, server: EmbeddedRedis, kind: str = "normal") -> list[str]:
-    """The client names connected to ``server`` (``CLIENT LIST TYPE kind``)."""
-    text = str(d.data_command(server, "CLIENT", "LIST", "TYPE", kind))
+    """The client names connected to ``server`` (``CLIENT LIST TYPE kind``; none when
+    the connection is cut, as Sentinel kills a server's clients when promoting it)."""
+    try:
+        text = str(d.data_command(server, "CLIENT", "LIST", "TYPE", kind))
+    except (OSError, EmbeddedRedisError):
+        return []
     return [field.split("=", 1)[1] for line in text.splitlines() for field in line.split()
             if field.startswith("name=")]
 
@@ -214,15 +219,12 @@ async def failover_deployment() -> AsyncIterator[EmbeddedSentinel]:
         d.stop()
 
 
-async def _failover_under_load(d: EmbeddedSentinel) -> dict[str, Any]:
+async def _failover_under_load(d: EmbeddedSentinel, event_log: str = "flush") -> dict[str, Any]:
     """Two caches write (disjoint users) and read, a third without L1 reads Redis;
     SENTINEL FAILOVER; figures after quiescence (module docstring)."""
-    cfg = CacheConfig(heartbeat_interval=0.25)
+    cfg = CacheConfig(heartbeat_interval=0.25, event_log=event_log)
     old = d.primary()
     new = next(s for s in d.servers if s is not old)
-    a = await CallableCache.connect(d.url, config=cfg)
-    b = await CallableCache.connect(d.url, config=cfg)
-    probe = await CallableCache.connect(d.url, config=replace(cfg, local_cache=False))
     fixed = {"a": [f"a{i}" for i in range(20)], "b": [f"b{i}" for i in range(20)]}
     everyone = fixed["a"] + fixed["b"]
     acked: dict[str, str] = {}
@@ -246,43 +248,51 @@ async def _failover_under_load(d: EmbeddedSentinel) -> dict[str, Any]:
                 failures.append(err)
                 await asyncio.sleep(0.005)
 
-    async def reader(cache: CallableCache) -> None:
+    async def reader(cache: CallableCache, probe: bool) -> None:
         while not stop.is_set():
             try:
                 await cache.get_users_batch(everyone[::3])
-                if cache is probe and "promoted" in marks and "reads" not in marks:
+                if probe and "promoted" in marks and "reads" not in marks:
                     marks["reads"] = time.monotonic()
             except Exception as err:
                 failures.append(err)
                 await asyncio.sleep(0.005)
             await asyncio.sleep(0)  # L1 hits complete without yielding to the loop
 
-    for uid in everyone:
-        await a.set_user(User(id=uid, name="v0"))
-        acked[uid] = "v0"
-    tasks = [asyncio.create_task(c) for c in (writer(a, "a"), writer(b, "b"),
-                                              reader(a), reader(b), reader(probe))]
-    await asyncio.sleep(0.3)
-    names = {"cal-redis-sync-" + c.instance_id[:12] for c in (a, b)}
-    t0 = time.monotonic()
-    d.failover()
-    deadline = t0 + 6  # the figures are read before Sentinel demotes the old primary (~11 s)
-    while time.monotonic() < deadline and not {"promoted", "subscribed"} <= set(marks):
-        now = time.monotonic()
-        if "promoted" not in marks and d.role(new) == "master":
-            marks["promoted"] = now
-        if "subscribed" not in marks and "promoted" in marks \
-                and names <= set(_clients(d, new, "pubsub")) \
-                and a.sync_state.state == b.sync_state.state == "connected":
-            marks["subscribed"] = now
-        await asyncio.sleep(0.005)
-    await asyncio.sleep(1.0)  # keep the load on after both
-    stop.set()
-    await asyncio.gather(*tasks)
-    await asyncio.sleep(0.5)  # quiescence: the last events delivered
-    truth = redis.Redis(host=d.host, port=new.port)
-    table = a.keys.USERS
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        a, b, probe = [await CallableCache.connect(d.url, config=replace(cfg, local_cache=local))
+                       for local in (True, True, False)]
+        for cache in (a, b, probe):
+            stack.push_async_callback(cache.close)
+        for uid in everyone:
+            await a.set_user(User(id=uid, name="v0"))
+            acked[uid] = "v0"
+        tasks = [asyncio.create_task(c) for c in (writer(a, "a"), writer(b, "b"),
+                                                  reader(a, False), reader(b, False),
+                                                  reader(probe, True))]
+        try:
+            await asyncio.sleep(0.3)
+            names = {"cal-redis-sync-" + c.instance_id[:12] for c in (a, b)}
+            t0 = time.monotonic()
+            d.failover()
+            deadline = t0 + 6  # the figures are read before Sentinel demotes the old primary
+            while time.monotonic() < deadline and not {"promoted", "subscribed"} <= set(marks):
+                now = time.monotonic()
+                if "promoted" not in marks and d.role(new) == "master":
+                    marks["promoted"] = now
+                if "subscribed" not in marks and "promoted" in marks \
+                        and names <= set(_clients(d, new, "pubsub")) \
+                        and a.sync_state.state == b.sync_state.state == "connected":
+                    marks["subscribed"] = now
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(1.0)  # keep the load on after both
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        await asyncio.sleep(0.5)  # quiescence: the last events delivered
+        truth = redis.Redis(host=d.host, port=new.port)
+        stack.callback(truth.close)
+        table = a.keys.USERS
         stored = {uid: json.loads(raw)["name"] if (raw := truth.hget(table, uid)) else None
                   for uid in everyone}
         stale = 0
@@ -293,46 +303,45 @@ async def _failover_under_load(d: EmbeddedSentinel) -> dict[str, Any]:
             for got in await cache.get_users_batch(everyone):
                 stale += (got.name if got else None) != stored[got.id if got else ""]
         present = truth.hmget(table, [uid for uid, _, _ in journal]) if journal else []
-        lost_fresh = sum(value is None for value in present)
-        lost_fixed = sum(stored[uid] != acked[uid] for uid in everyone)
         promoted = marks.get("promoted")
-        first_new = min((acked_at for (uid, sent, acked_at), value in zip(journal, present,
-                                                                          strict=True)
+        first_new = min((acked_at for (_, sent, acked_at), value in zip(journal, present,
+                                                                        strict=True)
                          if promoted is not None and sent > promoted and value is not None),
                         default=None)
-    finally:
-        truth.close()
-    figures = {
-        "promotion_s": round(marks["promoted"] - t0, 3) if "promoted" in marks else None,
-        "first_write_on_new_primary_s": round(first_new - t0, 3) if first_new else None,
-        "subscribers_on_new_primary_s":
-            round(marks["subscribed"] - t0, 3) if "subscribed" in marks else None,
-        "probe_reads_ok_after_promotion_s":
-            round(marks["reads"] - marks["promoted"], 3) if "reads" in marks else None,
-        "acknowledged_writes": len(journal) + len(acked),
-        "lost_acknowledged_writes": lost_fresh + lost_fixed,
-        "stale_reads": stale,
-        "errors": len(failures),
-        "error_types": sorted({type(e).__name__ for e in failures}),
-        "not_cal_redis_errors": [repr(e) for e in failures if not isinstance(e, CalRedisError)][:3],
-        "followed": (a.remote.stats()["failovers"], b.remote.stats()["failovers"]),
-        "primary": (a.remote.primary_name, b.remote.primary_name,  # type: ignore[attr-defined]
-                    probe.remote.primary_name),  # type: ignore[attr-defined]
-        "new_primary": f"{d.host}:{new.port}",
-    }
-    for cache in (a, b, probe):
-        await cache.close()
-    return figures
+        return {
+            "promotion_s": round(promoted - t0, 3) if promoted else None,
+            "first_write_on_new_primary_s": round(first_new - t0, 3) if first_new else None,
+            "subscribers_on_new_primary_s":
+                round(marks["subscribed"] - t0, 3) if "subscribed" in marks else None,
+            "probe_reads_ok_after_promotion_s":
+                round(marks["reads"] - promoted, 3) if "reads" in marks and promoted else None,
+            "acknowledged_writes": len(journal) + len(acked),
+            "lost_acknowledged_writes": sum(value is None for value in present)
+            + sum(stored[uid] != acked[uid] for uid in everyone),
+            "stale_reads": stale,
+            "errors": len(failures),
+            "error_types": sorted({type(e).__name__ for e in failures}),
+            "not_cal_redis_errors":
+                [repr(e) for e in failures if not isinstance(e, CalRedisError)][:3],
+            "followed": (a.remote.stats()["failovers"], b.remote.stats()["failovers"]),
+            "primary": (a.remote.primary_name, b.remote.primary_name,  # type: ignore[attr-defined]
+                        probe.remote.primary_name),  # type: ignore[attr-defined]
+            "new_primary": f"{d.host}:{new.port}",
+        }
 
 
 @pytest.mark.l1
 @pytest.mark.sentinel
 @pytest.mark.standalone_only
+@pytest.mark.parametrize("event_log", ["flush", "replay"])
 async def test_failover_under_load(failover_deployment: EmbeddedSentinel, l1_impl: str,
-                                   capsys: Any) -> None:
-    figures = await _failover_under_load(failover_deployment)
+                                   event_log: str, capsys: Any) -> None:
+    """Also with ``event_log="replay"``, where a lost subscription does not flush L1:
+    the new primary is another server (another ``run_id``), so L1 is flushed all the same."""
+    figures = await _failover_under_load(failover_deployment, event_log)
     with capsys.disabled():
-        print(f"\n[sentinel] SENTINEL FAILOVER under load ({l1_impl} L1): {figures}")
+        print(f"\n[sentinel] SENTINEL FAILOVER under load ({l1_impl} L1, event_log={event_log}): "
+              f"{figures}")
     assert figures["promotion_s"] is not None, figures
     # writes reach the new primary soon after the promotion (not ~10 s later, when
     # Sentinel demotes the old one), and both subscribers moved there

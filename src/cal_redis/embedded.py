@@ -757,8 +757,16 @@ class EmbeddedSentinel:
         return _authed(self.host, server.port, self.password, *args)
 
     def role(self, server: EmbeddedRedis) -> str:
-        """``"master"`` or ``"slave"``, as the server itself reports."""
-        text = self.data_command(server, "INFO", "replication")
+        """``"master"`` or ``"slave"``, as the server itself reports (asked again when
+        the connection is cut: Sentinel kills a server's clients as it promotes it)."""
+        for attempt in range(3):
+            try:
+                text = self.data_command(server, "INFO", "replication")
+                break
+            except (OSError, EmbeddedRedisError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.01)
         for line in str(text).splitlines():
             if line.startswith("role:"):
                 return line.split(":", 1)[1].strip()
