@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -392,3 +394,34 @@ async def test_a_missed_announcement_is_caught_up_when_the_sentinel_is_back(
     finally:
         await cache.close()
 
+
+
+@pytest.mark.sentinel
+@pytest.mark.standalone_only
+async def test_an_abandoned_failover_is_followed_back(
+    failover_deployment: EmbeddedSentinel,
+) -> None:
+    """The replica the leader starts promoting is frozen: the promotion times out
+    (``-failover-abort-slave-timeout`` after ``failover-timeout``, 3 s) and the cache,
+    which had taken the replica as the primary at once, comes back to the old one."""
+    d = failover_deployment
+    old = d.primary()
+    replica = next(s for s in d.servers if s is not old)
+    config = CacheConfig(socket_timeout=0.5, connect_timeout=0.5)
+    cache = await CallableCache.connect(d.url, config=config)
+    assert replica.pid is not None
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        remote = cache.remote
+        assert isinstance(remote, SentinelRemote)
+        d.failover()
+        await until(lambda: remote.primary == (d.host, replica.port), timeout=5,
+                    what="the replica taken as the primary as its promotion begins")
+        await until(lambda: remote.primary == (d.host, old.port), timeout=10,
+                    what="the old primary taken back once the failover is abandoned")
+        await cache.set_user(User(id="u1", name="after"))
+        assert d.data_command(old, "HGET", cache.keys.USERS, "u1") is not None
+        assert remote.stats()["failovers"] == 2
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+        await cache.close()
