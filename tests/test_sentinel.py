@@ -162,16 +162,49 @@ async def test_every_new_connection_asks_the_sentinels(
         assert commands() - before >= 2
 
 
+def _dead_port() -> int:
+    """A loopback port nobody listens on."""
+    free = EmbeddedRedis()
+    free.start()
+    free.stop()
+    return free.port
+
+
+@pytest.mark.sentinel
+@pytest.mark.standalone_only
+async def test_an_older_configuration_epoch_is_not_followed(
+    deployment: EmbeddedSentinel, sentinel_url: str, caplog: Any
+) -> None:
+    """An answer older than one already seen (a sentinel that has not heard of a
+    failover yet) is skipped while another sentinel may know better; when every
+    sentinel answers so, the deployment was reset, and it is followed (warning)."""
+    port = deployment.sentinel_ports[0]
+    dead = _dead_port()
+    url = f"redis+sentinel://127.0.0.1:{dead},127.0.0.1:{port}/cal"
+    async with await CallableCache.connect(url, config=CacheConfig(connect_timeout=0.5)) as cache:
+        remote = cache.remote
+        assert isinstance(remote, SentinelRemote)
+        remote.sentinels.epoch = 1000  # as if a failover of epoch 1000 had been seen
+        await remote.client.connection_pool.disconnect()
+        with pytest.raises(ConnectionError, match="stale \\(configuration epoch 0 < 1000\\)"):
+            await remote.ping()
+    async with await CallableCache.connect(sentinel_url) as cache:
+        remote = cache.remote
+        assert isinstance(remote, SentinelRemote)
+        remote.sentinels.epoch = 1000
+        await remote.client.connection_pool.disconnect()
+        assert await remote.ping()  # the only sentinel says so: followed
+        assert remote.sentinels.epoch == 0
+        assert "sentinels reset?" in caplog.text
+
+
 @pytest.mark.sentinel
 @pytest.mark.standalone_only
 async def test_unknown_service_and_unreachable_sentinels(deployment: EmbeddedSentinel) -> None:
     port = deployment.sentinel_ports[0]
     with pytest.raises(ConfigurationError, match=r"no primary of service 'nope'.*sentinel monitor"):
         await CallableCache.connect(f"redis+sentinel://127.0.0.1:{port}/nope")
-    free = EmbeddedRedis()  # a port nobody listens on once stopped
-    free.start()
-    dead = free.port
-    free.stop()
+    dead = _dead_port()
     with pytest.raises(ConnectionError, match=f"127.0.0.1:{dead}"):
         await CallableCache.connect(f"redis+sentinel://127.0.0.1:{dead}/cal",
                                     config=CacheConfig(connect_timeout=0.5))

@@ -203,8 +203,9 @@ class _Sentinels(Sentinel):
                 return pending
             self.pending = None
         failures: list[str] = []
+        stale: list[tuple[int, Any, dict[str, Any]]] = []
         unknown = 0
-        for i, sentinel in enumerate(list(self.sentinels)):
+        for sentinel in list(self.sentinels):
             where = _where(sentinel)
             try:
                 reply: Any = await sentinel.sentinel_master(service_name)
@@ -219,23 +220,33 @@ class _Sentinels(Sentinel):
             epoch = int(state.get("config-epoch", 0))
             if not self.check_master_state(state, service_name):
                 failures.append(f"{where}: reports the primary down or unknown")
-                continue
-            if epoch < self.epoch:
-                failures.append(f"{where}: stale (configuration epoch {epoch} < {self.epoch})")
-                continue
-            self.epoch = epoch
-            timeout = state.get("failover-timeout")
-            if isinstance(timeout, int) and timeout > 0:
-                self.failover_timeout = timeout / 1000
-            if i:
-                self.sentinels[0], self.sentinels[i] = self.sentinels[i], self.sentinels[0]
-            return str(state["ip"]), int(state["port"])
+            elif epoch < self.epoch:
+                stale.append((epoch, sentinel, state))
+            else:
+                return self._found(sentinel, state, epoch)
+        if stale and len(stale) == len(self.sentinels):
+            # every sentinel answered with an older epoch: the deployment was reset
+            epoch, sentinel, state = max(stale, key=lambda item: item[0])
+            log.warning("every sentinel of %s reports configuration epoch %d, older than %d "
+                        "seen before (sentinels reset?): following them", service_name,
+                        epoch, self.epoch)
+            return self._found(sentinel, state, epoch)
+        failures += [f"{_where(s)}: stale (configuration epoch {e} < {self.epoch})"
+                     for e, s, _ in stale]
         message = f"no primary of service {service_name!r} from the sentinels: " + "; ".join(failures)
         if unknown == len(self.sentinels):
             raise errors.ConfigurationError(
                 message + " (the service name is the one of `sentinel monitor <service> ...`)"
             )
         raise MasterNotFoundError(message)
+
+    def _found(self, sentinel: Any, state: dict[str, Any], epoch: int) -> tuple[str, int]:
+        self.epoch = epoch
+        timeout = state.get("failover-timeout")
+        if isinstance(timeout, int) and timeout > 0:
+            self.failover_timeout = timeout / 1000
+        self.prefer(sentinel)  # asked first next time
+        return str(state["ip"]), int(state["port"])
 
 
 class _SentinelPool(_WaitingPool, SentinelConnectionPool):
@@ -330,6 +341,8 @@ class SentinelRemote(Remote):
 
     __slots__ = (
         "_confirmed",
+        "_ever_heard",
+        "_heard",
         "_hooks",
         "_listeners",
         "_subscribers",
@@ -374,6 +387,8 @@ class SentinelRemote(Remote):
         self._listeners: list[asyncio.Task[None]] = []
         self._subscribers: weakref.WeakSet[_SubscriberPool] = weakref.WeakSet()
         self._confirmed: asyncio.Event | None = None
+        self._heard = 0  # sentinels whose announcements are received now
+        self._ever_heard = False
 
     def _sentinel_kwargs(self) -> dict[str, Any]:
         parsed = self.parsed
@@ -457,6 +472,7 @@ class SentinelRemote(Remote):
         with backoff; the primary is re-checked each time the subscription is confirmed."""
         where = _where(sentinel)
         backoff = INITIAL_BACKOFF
+        listening = False
         while self._loop is not None:
             conn: Any = sentinel.connection_pool.make_connection()
             try:
@@ -467,19 +483,39 @@ class SentinelRemote(Remote):
                 backoff = INITIAL_BACKOFF
                 assert self._confirmed is not None
                 self._confirmed.set()
+                self._listening(+1, where, "")
+                listening = True
                 await self._recheck(f"subscribed to sentinel {where}")
                 await self._read(conn, sentinel, where)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
-                log.debug("announcements of sentinel %s: %s: %s", where, type(err).__name__, err)
+                reason = f"{type(err).__name__}: {err}"
+                log.debug("announcements of sentinel %s: %s", where, reason)
+                if listening:
+                    self._listening(-1, where, reason)
             finally:
+                listening = False
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
             if self._loop is None:
                 return
             await asyncio.sleep(backoff * (0.5 + random.random() / 2))
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _listening(self, change: int, where: str, reason: str) -> None:
+        """Count the sentinels whose announcements are received; say when none is
+        left (failovers are then followed late) and when one is back."""
+        before, self._heard = self._heard, self._heard + change
+        if self._loop is None:
+            return
+        if self._heard == 0 and before > 0:
+            log.warning("%s: no sentinel's announcements are received any more (sentinel %s: "
+                        "%s); a failover is followed once one is back", self.safe_url, where,
+                        reason)
+        elif self._heard == 1 and before == 0 and self._ever_heard:
+            log.info("%s: announcements of sentinel %s received again", self.safe_url, where)
+        self._ever_heard = True
 
     async def _confirm(self, conn: Any, subscriptions: int) -> None:
         loop = asyncio.get_running_loop()
