@@ -298,6 +298,12 @@ class Subscriber:
             # live one is read (those wait in the socket): see sync/log.py.
             replayed = (self._ever_connected and self.dispatcher.replays
                         and await self.dispatcher.replay())
+            if replayed:
+                # Live events that arrived during the replay: applied before L1 is
+                # served again (the gate is still closed, so they only drop).
+                while (resp := await read(timeout=0, push_request=True,
+                                          disconnect_on_error=False)) is not None:
+                    self._on_reply(resp)
             self._enter_connected(replayed)
             self._live = True
             # Heartbeat: a PING every `interval`; dead when nothing at all arrived for
