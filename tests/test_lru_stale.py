@@ -142,6 +142,18 @@ def test_get_stale_reads_through_suspension(lru_cls: Any, clock: FakeClock) -> N
     assert c.get("a") == "A"
 
 
+def test_get_stale_live_only(lru_cls: Any, clock: FakeClock) -> None:
+    """``expired=False``: a held (suspended) live entry is found, an expired one not."""
+    c = lru_cls(100, 1.0, clock=clock, stale_window=60.0)
+    c.set("a", "A", 1)
+    c.suspend()
+    assert c.get_stale("a", 60.0, expired=False) == "A"
+    clock.advance(1.0)
+    assert c.get_stale("a", 60.0, expired=False) is None
+    assert c.get_stale("a", 60.0, "d", expired=False) == "d"
+    assert c.get_stale("a", 60.0) == "A"
+
+
 def test_get_stale_counts_and_bumps_nothing(lru_cls: Any, clock: FakeClock) -> None:
     c = lru_cls(100, 1.0, clock=clock, stale_window=10.0)
     c.set("a", 1, 1)

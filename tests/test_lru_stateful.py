@@ -137,11 +137,16 @@ class Model:
             return default
         return self.items[i][1]
 
-    def get_stale(self, key: Hashable, max_age: float, default: Any = None) -> Any:
+    def get_stale(
+        self, key: Hashable, max_age: float, default: Any = None, *, expired: bool = True
+    ) -> Any:
         i = self._index(key)
         if i is None:
             return default
-        return self.items[i][1] if self.clock() - self.items[i][4] < max_age else default
+        item, now = self.items[i], self.clock()
+        if now - item[4] < max_age and (expired or now < item[3]):
+            return item[1]
+        return default
 
     def suspend(self) -> None:
         self.suspended = True
@@ -454,7 +459,7 @@ class CacheMachine(RuleBasedStateMachine):
         key = self._held(pick)
         self.clock.t += dt
         if read == "stale":
-            self.apply(lambda c: c.get_stale(key, max_age, "missing"))
+            self.apply(lambda c: c.get_stale(key, max_age, "missing", expired=dt != 1.0))
         else:
             self.apply(lambda c: c.peek(key, "missing"))
 

@@ -569,8 +569,9 @@ cdef class LRUCache:
         """True between :meth:`suspend` and :meth:`resume`."""
         return self._suspended
 
-    def get_stale(self, key, max_age, default=None):
-        """The value of ``key`` if stored less than ``max_age`` s ago, expired or not."""
+    def get_stale(self, key, max_age, default=None, *, bint expired=True):
+        """The value of ``key`` if stored less than ``max_age`` s ago, expired or not
+        (with ``expired=False``: only while live)."""
         cdef PyObject* p
         cdef _Entry held
         cdef double age, now
@@ -584,7 +585,7 @@ cdef class LRUCache:
             return default
         held = <_Entry>p  # a user clock runs Python code: keep the entry alive
         now = self._now()
-        if held.weight >= 0 and now - held.stored_at < age:
+        if held.weight >= 0 and now - held.stored_at < age and (expired or now < held.expires_at):
             return held.value
         return default
 

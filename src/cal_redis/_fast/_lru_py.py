@@ -507,9 +507,12 @@ class LRUCache:
         """True between :meth:`suspend` and :meth:`resume`."""
         return self._suspended
 
-    def get_stale(self, key: Hashable, max_age: float, default: Any = None) -> Any:
+    def get_stale(
+        self, key: Hashable, max_age: float, default: Any = None, *, expired: bool = True
+    ) -> Any:
         """The value stored under ``key`` if it was stored less than ``max_age`` seconds
-        ago, expired, suspended or not; else ``default``.
+        ago, expired, suspended or not; else ``default``. With ``expired=False`` an
+        entry past its TTL is not returned either (only a live one, held or not).
 
         The read of last resort (serve-stale on error): no recency bump, no counter,
         nothing removed. Only entries the stale window (or their TTL) still keeps can be
@@ -527,7 +530,8 @@ class LRUCache:
         entry = self._map.get(key)
         if entry is None:
             return default
-        if float(self._clock()) - entry[3] < age and self._map.get(key) is entry:
+        now = float(self._clock())
+        if now - entry[3] < age and (expired or now < entry[2]) and self._map.get(key) is entry:
             return entry[0]
         return default
 

@@ -6,6 +6,16 @@ type, idents, scope) drives :class:`Entities`: cache-first get, get by ident, li
 one-round-trip batch get, all through the one :class:`~.single_flight.SingleFlight`,
 and writes (set, partial update, delete) through the one write path
 (:func:`~.writes.write`): entity, ident mappings and event in one script.
+
+**Serve-stale on error** (the namespace's ``stale_if_error`` > 0): a cache-first read
+whose Redis read fails with :class:`~cal_redis.errors.ConnectionError` (or its
+:class:`~cal_redis.errors.TimeoutError`) returns the value L1 still holds for the key
+when it was filled or confirmed less than ``stale_if_error`` seconds ago
+(``LRUCache.get_stale``: expired, or held while the sync is suspended); a batch does
+so per id, and raises when one id has neither. **Refresh-ahead** (the namespace's
+``refresh_ahead`` > 0): a hit in the last part of an entry's TTL starts one background
+read of it (:class:`~.refresh.Refresher`) through the same single-flight and fenced
+fill as a miss.
 """
 
 from __future__ import annotations
@@ -20,12 +30,19 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from .. import codec
-from ..errors import CalRedisError, NotFoundError, SerializationError, ValidationError
+from ..errors import (
+    CalRedisError,
+    ConnectionError,
+    NotFoundError,
+    SerializationError,
+    ValidationError,
+)
 from ..keys import KeyBuilder, validate_id, validate_ident, validate_ids
 from ..models import Event, Model
 from ..remote import HMGET_CHUNK, scan_entries
 from .coalesce import HashReader
 from .negative import ABSENT, held
+from .refresh import Refresher
 from .single_flight import SingleFlight
 from .writes import KNOWN, Guess, Step, Target, write
 
@@ -43,6 +60,7 @@ _IDENT = "\x00ident"  # marks ident -> id entries in the entity's L1 namespace
 #: A page of a warm-up: ids, their stored values (None: missing), progress so far.
 _Page = tuple[Sequence[str], Sequence["bytes | None"], int]
 _get_id = attrgetter("id")
+_NONE: Any = object()  # get_stale found nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +93,13 @@ class Entities(Generic[T]):
         "_negatives_until",
         "_readers",
         "_remote",
+        "_stale",
         "flights",
         "l1",
         "pending",
+        "refresher",
         "spec",
+        "stale_serves",
     )
 
     def __init__(self, spec: EntitySpec[T], ctx: Context) -> None:
@@ -102,6 +123,12 @@ class Entities(Generic[T]):
         # Coalesced readers by hash key (None: coalescing off); those of account
         # hashes are dropped when idle.
         self._readers: dict[str, HashReader] | None = {} if ctx.config.coalesce_reads else None
+        #: Serve-stale window of the namespace (s; 0: off) and the values served so.
+        self._stale = ctx.config.stale_if_error_for(spec.namespace)
+        self.stale_serves = 0
+        self.refresher = Refresher(self.l1, ctx.gate, self.flights, self._refresh,
+                                   ctx.config.refresh_ahead_for(spec.namespace),
+                                   spec.namespace)
 
     @property
     def joins(self) -> int:
@@ -180,7 +207,69 @@ class Entities(Generic[T]):
         validate_id(id_, self._id_arg)
         hkey = self._global_hkey or self._hkey(account_id)
         key = (account_id, id_) if self.spec.scoped else id_
-        return self.flights.run(key, lambda: self._fetch(hkey, key, account_id, id_))
+        pending = self.flights.run(key, lambda: self._fetch(hkey, key, account_id, id_))
+        if self._stale:
+            return self._or_stale(key, pending)
+        return pending
+
+    async def _or_stale(self, key: Hashable, pending: Awaitable[T | None]) -> T | None:
+        """``await pending``; if Redis cannot be reached, the stale value of ``key``
+        (None for one known absent) when L1 has one young enough, else the error."""
+        try:
+            return await pending
+        except ConnectionError:
+            value = self.l1.get_stale(key, self._stale, _NONE)
+            if value is _NONE:
+                raise
+            self.stale_serves += 1
+            return held(value)  # type: ignore[no-any-return]
+
+    def _stale_values(self, keys: Sequence[Hashable]) -> list[T | None] | None:
+        """The stale values of every key of a failed batch read, or None when one has
+        none (the batch then raises)."""
+        get_stale = self.l1.get_stale
+        values = [get_stale(k, self._stale, _NONE) for k in keys]
+        if _NONE in values:
+            return None
+        self.stale_serves += len(values)
+        return [held(v) for v in values]
+
+    async def _refresh(self, key: Hashable) -> None:
+        """Refresh-ahead of one L1 entry (an entity, or an ident mapping): one read
+        through the single-flight, filled fenced, as a miss would be."""
+        scoped = self.spec.scoped
+        if type(key) is tuple and key[-2] == _IDENT:
+            await self.flights.run(key, lambda: self._refresh_ident(key))
+            return
+        pair: tuple[str | None, str] = key if scoped else (None, key)  # type: ignore[assignment]
+        account_id, id_ = pair
+        hkey = self._global_hkey or self._hkey(account_id)
+        await self.flights.run(key, lambda: self._fetch(hkey, key, account_id, id_))
+
+    async def _refresh_ident(self, ikey: tuple[Any, ...]) -> None:
+        """Read an ident mapping again: the same id (or still absent) is stored afresh
+        (fenced), anything else drops the entry (the next lookup resolves it)."""
+        spec = self.spec
+        account_id = ikey[0] if spec.scoped else None
+        ident: str = ikey[-1]
+        assert spec.idents_key is not None
+        ikey_hash = spec.idents_key(self._ctx.keys, account_id)
+        l1 = self.l1
+        token = l1.begin_fill()
+        try:
+            raw_id = await self._hget(ikey_hash, ident)
+            cached = l1.peek(ikey)
+            if raw_id is None and cached is ABSENT:
+                self._fill_absent(ikey, token)
+            elif raw_id is not None and isinstance(cached, str) and raw_id == cached.encode():
+                if self._gate.fill_ok:
+                    weight = self._ctx.local.ident_weight(spec.namespace, len(ident) + len(cached))
+                    l1.set_if_fresh(ikey, cached, weight, token)
+            elif cached is not None:
+                l1.invalidate(ikey)
+            return None
+        finally:
+            l1.end_fill()
 
     async def _fetch(self, hkey: str, key: Hashable, account_id: str | None, id_: str) -> T | None:
         l1 = self.l1
@@ -237,7 +326,15 @@ class Entities(Generic[T]):
             l1.invalidate(ikey)
         token = l1.begin_fill()
         try:
-            raw_id = await self._hget(ikey_hash, ident)
+            try:
+                raw_id = await self._hget(ikey_hash, ident)
+            except ConnectionError:
+                if not self._stale:
+                    raise
+                found, ent = self._stale_by_ident(account_id, ident, ikey)
+                if not found:
+                    raise
+                return ent
             if raw_id is None:
                 self._fill_absent(ikey, token)
                 return None
@@ -256,6 +353,25 @@ class Entities(Generic[T]):
             return ent
         finally:
             l1.end_fill()
+
+    def _stale_by_ident(
+        self, account_id: str | None, ident: str, ikey: Hashable
+    ) -> tuple[bool, T | None]:
+        """Serve-stale of :meth:`get_by_ident`: (True, the entity) from the stale
+        mapping and the stale entity it names, verified to carry ``ident``; (True,
+        None) when the mapping is stale-known absent; (False, None) when L1 has none."""
+        l1 = self.l1
+        cached_id = l1.get_stale(ikey, self._stale, _NONE)
+        if cached_id is ABSENT:
+            self.stale_serves += 1
+            return True, None
+        if cached_id is _NONE:
+            return False, None
+        ent = held(l1.get_stale(self.l1_key(account_id, cached_id), self._stale))
+        if ent is None or ident not in self.idents_of(ent):
+            return False, None
+        self.stale_serves += 1
+        return True, ent
 
     async def get_all(self, account_id: str | None) -> list[T]:
         """Every entity straight from Redis (HGETALL), decoded; L1 is not consulted."""
@@ -323,7 +439,13 @@ class Entities(Generic[T]):
         async def load_one(key: Hashable) -> T | None:
             return await self.load(account_id, key[1] if scoped else key)  # type: ignore[index,arg-type]
 
-        values = await self.flights.run_many(mkeys, load_many, load_one)
+        try:
+            values = await self.flights.run_many(mkeys, load_many, load_one)
+        except ConnectionError:
+            stale = self._stale_values(mkeys) if self._stale else None
+            if stale is None:
+                raise
+            values = stale
         if len(values) == len(out):
             out = values  # every id missed, each once: already in the caller's order
         else:
