@@ -9,7 +9,6 @@ clock (``l1_clock``), so expiry and the stale window are crossed exactly, withou
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -27,10 +26,9 @@ from cal_redis import (
     User,
     ValidationError,
 )
-from cal_redis import local as local_mod
 from cal_redis.config import NamespaceBudget
 from cal_redis.embedded import EmbeddedRedis
-from lru_support import FakeClock
+from lru_support import FakeClock, clocked_l1
 from waiting import until
 
 # The stale window and the held entries live in L1: each implementation. A private
@@ -55,9 +53,7 @@ def stale_config(window: float = WINDOW, **kw: Any) -> CacheConfig:
 @pytest.fixture
 def l1_clock(lru_cls: Any, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """Caches made from now on get L1s of ``lru_cls`` on this clock."""
-    clock = FakeClock()
-    monkeypatch.setattr(local_mod, "LRUCache", functools.partial(lru_cls, clock=clock))
-    return clock
+    return clocked_l1(lru_cls, monkeypatch)
 
 
 @pytest.fixture
