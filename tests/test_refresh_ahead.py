@@ -331,3 +331,26 @@ async def test_close_cancels_refreshes_in_flight(
         _cont(server)
     assert all(t.cancelled() for t in tasks)
     assert len(refresher) == 0 and refresher.refreshes == 0 and refresher.errors == 0
+
+
+async def test_refreshes_are_exported_as_metrics(
+    make_cache: Any, raw: redis.Redis, l1_clock: FakeClock
+) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from test_metrics import collect, ns, value
+
+    reader = InMemoryMetricReader()
+    cache = await make_cache(refresh_config(
+        0.5, sync=False, meter_provider=MeterProvider(metric_readers=[reader])))
+    await cache.set_user(user(1))
+    await cache.set_user(user(2))
+    raw.hset(K.USERS, "u2", b"{not json")
+    l1_clock.advance(5.0)
+    await cache.get_users_batch(["u1", "u2"])
+    await until(lambda: refreshes(cache) == 1 and cache.stats()["refresh_errors"] == 1,
+                what="one refresh done, one failed")
+    points = collect(reader)
+    assert value(points, "cal_redis.l1.refreshes", **ns("users")) == 1
+    assert value(points, "cal_redis.l1.refresh_errors", **ns("users")) == 1

@@ -361,3 +361,28 @@ async def test_a_timeout_is_an_error_that_serves_stale(
     got = await cache.get_user_by_id("u1")
     assert got is not None and got.name == "fresh"
     assert cache.stats()["stale_serves"] == 1
+
+
+async def test_stale_serves_are_exported_as_a_metric(
+    caches: Any, server: EmbeddedRedis, l1_clock: FakeClock
+) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from test_metrics import collect, ns, value
+
+    reader = InMemoryMetricReader()
+    cache = await caches(stale_config(
+        sync=False, meter_provider=MeterProvider(metric_readers=[reader])))
+    await cache.set_user(user(1))
+    await cache.set_trunk_ip("192.0.2.1", "acc1")
+    assert await cache.get_trunk_account("192.0.2.1") == "acc1"
+    l1_clock.advance(TTL)
+    server.stop()
+    for _ in range(3):
+        assert await cache.get_user_by_id("u1") is not None
+    assert await cache.get_trunk_account("192.0.2.1") == "acc1"
+    points = collect(reader)
+    assert value(points, "cal_redis.l1.stale_serves", **ns("users")) == 3
+    assert value(points, "cal_redis.l1.stale_serves", **ns("trunks_ip")) == 0  # a live hit
+    assert value(points, "cal_redis.l1.stale_serves", **ns("regions")) == 0
