@@ -66,6 +66,11 @@ def refreshes(cache: CallableCache) -> int:
     return int(cache.stats()["refreshes"])
 
 
+def hash_reads(raw: redis.Redis) -> int:
+    """HGET and HMGET commands run (a refresh of entities is an HMGET)."""
+    return calls(raw, "hget") + calls(raw, "hmget")
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -95,11 +100,11 @@ async def test_a_read_in_the_window_refreshes_before_expiry(
     l1_clock.advance(4.9)  # before the window (the last half of 10 s)
     assert (await cache.get_user_by_id("u1")).name == "v1"  # type: ignore[union-attr]
     await asyncio.sleep(0.01)
-    assert refreshes(cache) == 0 and calls(raw, "hget") == 0
+    assert refreshes(cache) == 0 and hash_reads(raw) == 0
     l1_clock.advance(0.1)  # 5 s: in the window
     assert (await cache.get_user_by_id("u1")).name == "v1"  # type: ignore[union-attr]  # at once
     await until(lambda: refreshes(cache) == 1, what="the refresh")
-    assert calls(raw, "hget") == 1
+    assert hash_reads(raw) == 1
     assert (await cache.get_user_by_id("u1")).name == "v2"  # type: ignore[union-attr]  # before expiry
     l1_clock.advance(4.9)  # 9.9 s: the refreshed entry (stored at 5 s) is not due yet
     for _ in range(10):
@@ -109,7 +114,7 @@ async def test_a_read_in_the_window_refreshes_before_expiry(
     assert cache.local["users"].misses == 0  # the hot key never missed
     # ... and is in its own window (from 10 s): refreshed in turn
     await until(lambda: refreshes(cache) == 2, what="the second refresh")
-    assert calls(raw, "hget") == 2 and cache.stats()["refresh_errors"] == 0
+    assert hash_reads(raw) == 2 and cache.stats()["refresh_errors"] == 0
 
 
 async def test_off_means_off(make_cache: Any, raw: redis.Redis, l1_clock: FakeClock) -> None:
@@ -128,7 +133,7 @@ async def test_off_means_off(make_cache: Any, raw: redis.Redis, l1_clock: FakeCl
     await until(lambda: refreshes(opted_out) == 1, what="the region's refresh")
     assert off.local["users"].refresh_fraction == 0.0
     assert opted_out.local["users"].refresh_fraction == 0.0
-    assert refreshes(off) == 0 and calls(raw, "hget") == 1
+    assert refreshes(off) == 0 and hash_reads(raw) == 1
 
 
 async def test_batches_and_idents_refresh_too(
@@ -143,11 +148,12 @@ async def test_batches_and_idents_refresh_too(
     assert [u.id for u in await cache.get_users_batch(["u1", "u2", "u3"])] == ["u1", "u2", "u3"]
     assert (await cache.get_user_by_ident("user1")).id == "u1"  # type: ignore[union-attr]
     await until(lambda: refreshes(cache) == 4, what="3 entities and 1 ident mapping")
+    assert calls(raw, "hmget") == 1 and calls(raw, "hget") == 1  # the entities in one
     l1_clock.advance(5.0)  # past every first deadline
     reset_stats(raw)
     await cache.get_users_batch(["u1", "u2", "u3"])
     await cache.get_user_by_ident("user1")
-    assert calls(raw, "hget") + calls(raw, "hmget") == 0  # all hits
+    assert hash_reads(raw) == 0  # all hits
 
 
 async def test_trunk_ips_and_flow_states_refresh(
@@ -190,8 +196,9 @@ def test_no_refresh_while_the_gate_is_closed(lru_cls: Any) -> None:
     starts no refresh. Without a running loop (a synchronous read) none starts either."""
     started: list[object] = []
 
-    async def refresh(key: object) -> None:
-        started.append(key)
+    async def refresh(keys: list[object]) -> list[Any]:
+        started.extend(keys)
+        return []
 
     async def main() -> None:
         clock = FakeClock()
@@ -201,14 +208,15 @@ def test_no_refresh_while_the_gate_is_closed(lru_cls: Any) -> None:
         l1.set("k", 1, 1)
         clock.advance(6.0)
         assert l1.get("k") == 1
-        await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
         assert started == [] and len(refresher) == 0
         gate.fill_ok = True
         l1.set("k", 1, 1)
         clock.advance(6.0)
         assert l1.get("k") == 1
-        await asyncio.sleep(0)
-        assert started == ["k"] and refresher.refreshes == 1
+        await until(lambda: refresher.refreshes == 1, what="the refresh")
+        assert started == ["k"] and len(refresher) == 0
 
     asyncio.run(main())
     l1 = lru_cls(100, 10.0)
@@ -325,7 +333,7 @@ async def test_close_cancels_refreshes_in_flight(
         refresher = cache._users.refresher
         await until(lambda: len(refresher) == 2 and cache.local["users"].inflight >= 1,
                     what="two refreshes in flight")
-        tasks = list(refresher._tasks.values())
+        tasks = list(refresher._tasks)
         await asyncio.wait_for(cache.close(), 5.0)
     finally:
         _cont(server)
@@ -354,3 +362,22 @@ async def test_refreshes_are_exported_as_metrics(
     points = collect(reader)
     assert value(points, "cal_redis.l1.refreshes", **ns("users")) == 1
     assert value(points, "cal_redis.l1.refresh_errors", **ns("users")) == 1
+
+
+@pytest.mark.standalone_only
+async def test_a_refresh_that_cannot_reach_redis_is_counted(
+    private: Any, server: EmbeddedRedis, l1_clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = await private(refresh_config(0.5, sync=False, read_retries=0))
+    await cache.set_user(user(1, name="v1"))
+    await cache.set_trunk_ip("192.0.2.1", "acc1")
+    assert await cache.get_trunk_account("192.0.2.1") == "acc1"
+    l1_clock.advance(5.0)
+    server.stop()
+    with caplog.at_level(logging.DEBUG, logger="cal_redis.refresh"):
+        assert (await cache.get_user_by_id("u1")).name == "v1"  # type: ignore[union-attr]
+        assert await cache.get_trunk_account("192.0.2.1") == "acc1"
+        await until(lambda: cache.stats()["refresh_errors"] == 2, what="two failed refreshes")
+    assert refreshes(cache) == 0
+    assert {r.levelno for r in caplog.records if r.name == "cal_redis.refresh"} == {logging.DEBUG}
+    assert (await cache.get_user_by_id("u1")).name == "v1"  # type: ignore[union-attr]  # live

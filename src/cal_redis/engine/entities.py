@@ -14,12 +14,13 @@ when it was filled or confirmed less than ``stale_if_error`` seconds ago
 (``LRUCache.get_stale``: expired, or held while the sync is suspended); a batch does
 so per id, and raises when one id has neither. **Refresh-ahead** (the namespace's
 ``refresh_ahead`` > 0): a hit in the last part of an entry's TTL starts one background
-read of it (:class:`~.refresh.Refresher`) through the same single-flight and fenced
-fill as a miss.
+read (:class:`~.refresh.Refresher`; the keys due in one event-loop tick share one
+``HMGET``) through the same single-flight and fenced fill as a miss.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -42,7 +43,7 @@ from ..models import Event, Model
 from ..remote import HMGET_CHUNK, scan_entries
 from .coalesce import HashReader
 from .negative import ABSENT, held
-from .refresh import Refresher
+from .refresh import Failures, Refresher, gathered
 from .single_flight import SingleFlight
 from .writes import KNOWN, Guess, Step, Target, write
 
@@ -234,17 +235,41 @@ class Entities(Generic[T]):
         self.stale_serves += len(values)
         return [held(v) for v in values]
 
-    async def _refresh(self, key: Hashable) -> None:
-        """Refresh-ahead of one L1 entry (an entity, or an ident mapping): one read
-        through the single-flight, filled fenced, as a miss would be."""
+    async def _refresh(self, keys: list[Hashable]) -> Failures:
+        """Refresh-ahead of distinct L1 keys (entities, ident mappings): the entities
+        of one hash in one ``HMGET`` through the single-flight (as a batch read), each
+        ident mapping by itself; every fill fenced, as a miss's would be."""
         scoped = self.spec.scoped
-        if type(key) is tuple and key[-2] == _IDENT:
-            await self.flights.run(key, lambda: self._refresh_ident(key))
-            return
-        pair: tuple[str | None, str] = key if scoped else (None, key)  # type: ignore[assignment]
-        account_id, id_ = pair
+        groups: dict[str | None, list[Hashable]] = {}
+        jobs: list[tuple[int, Awaitable[object]]] = []
+        for key in keys:
+            if type(key) is tuple and key[-2] == _IDENT:
+                jobs.append((1, self.flights.run(key, functools.partial(self._refresh_ident, key))))
+            else:
+                groups.setdefault(key[0] if scoped else None, []).append(key)  # type: ignore[index]
+        for account_id, group in groups.items():
+            jobs.append((len(group), self._refresh_group(account_id, group)))
+        return await gathered(jobs)
+
+    async def _refresh_group(self, account_id: str | None, keys: list[Hashable]) -> Failures:
+        """Refresh-ahead of entities of one hash (see :meth:`_refresh`). When a stored
+        value does not decode, each key is read on its own so only that one fails."""
+        scoped = self.spec.scoped
         hkey = self._global_hkey or self._hkey(account_id)
-        await self.flights.run(key, lambda: self._fetch(hkey, key, account_id, id_))
+
+        def one(key: Hashable) -> Awaitable[T | None]:
+            id_: str = key[1] if scoped else key  # type: ignore[index,assignment]
+            return self._fetch(hkey, key, account_id, id_)
+
+        async def load_many(fetch: list[Hashable]) -> list[T | None]:
+            return await self._fetch_batch(hkey, fetch, account_id, absent=True)
+
+        try:
+            await self.flights.run_many(keys, load_many, one)
+        except SerializationError:
+            return await gathered(
+                [(1, self.flights.run(k, functools.partial(one, k))) for k in keys])
+        return []
 
     async def _refresh_ident(self, ikey: tuple[Any, ...]) -> None:
         """Read an ident mapping again: the same id (or still absent) is stored afresh
@@ -457,16 +482,22 @@ class Entities(Generic[T]):
         return out
 
     async def _fetch_batch(
-        self, hkey: str, keys: list[Hashable], account_id: str | None
+        self, hkey: str, keys: list[Hashable], account_id: str | None, *, absent: bool = False
     ) -> list[T | None]:
         """One round trip of HMGETs for ``keys`` (none in flight), decoded in order,
-        checked, and filled into L1 (fenced)."""
+        checked, and filled into L1 (fenced); with ``absent``, the keys Redis does not
+        have are remembered as absent (as a single read does)."""
         ids: list[str] = [k[1] for k in keys] if self.spec.scoped else keys  # type: ignore[index,assignment]
         l1 = self.l1
         token = l1.begin_fill()
         try:
             raws = await self._remote.hmget("HMGET " + hkey, hkey, ids)
-            return self._fill_batch(hkey, keys, ids, raws, account_id, token)[0]
+            values = self._fill_batch(hkey, keys, ids, raws, account_id, token)[0]
+            if absent:
+                for key, raw in zip(keys, raws, strict=True):
+                    if raw is None:
+                        self._fill_absent(key, token)
+            return values
         finally:
             l1.end_fill()
 

@@ -17,7 +17,8 @@ the spec's ``redis_key`` to name the key again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -25,7 +26,7 @@ from ..errors import ConnectionError, SerializationError, ValidationError
 from ..keys import KeyBuilder, validate_id
 from ..models import Event
 from .negative import ABSENT
-from .refresh import Refresher
+from .refresh import Failures, Refresher, gathered
 from .single_flight import SingleFlight
 from .writes import Guess, Outcome, Step, Target, write
 
@@ -116,14 +117,18 @@ class TtlKeys(Generic[V]):
             self.stale_serves += 1
             return None if value is ABSENT else value
 
-    async def _refresh(self, ck: Hashable) -> None:
-        """Refresh-ahead of one L1 entry: one read through the single-flight, filled
-        fenced, as a miss would be."""
-        pair: tuple[str | None, str] = ck if self.spec.scoped else (None, ck)  # type: ignore[assignment]
-        account_id, id_ = pair
-        assert self.spec.redis_key is not None
-        key = self.spec.redis_key(self._ctx.keys, account_id, id_)
-        await self.flights.run(ck, lambda: self._fetch(ck, id_, key))
+    async def _refresh(self, cks: list[Hashable]) -> Failures:
+        """Refresh-ahead of distinct L1 keys: each one read through the single-flight
+        and filled fenced, as a miss would be (the reads run concurrently)."""
+        redis_key = self.spec.redis_key
+        assert redis_key is not None
+        jobs: list[tuple[int, Awaitable[object]]] = []
+        for ck in cks:
+            pair: tuple[str | None, str] = ck if self.spec.scoped else (None, ck)  # type: ignore[assignment]
+            account_id, id_ = pair
+            key = redis_key(self._ctx.keys, account_id, id_)
+            jobs.append((1, self.flights.run(ck, functools.partial(self._fetch, ck, id_, key))))
+        return await gathered(jobs)
 
     def held(self, account_id: str | None, id_: str) -> V | None:
         """The value L1 holds for ``id_`` (``peek``: no recency bump), None if none or
