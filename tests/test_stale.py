@@ -386,3 +386,33 @@ async def test_stale_serves_are_exported_as_a_metric(
     assert value(points, "cal_redis.l1.stale_serves", **ns("users")) == 3
     assert value(points, "cal_redis.l1.stale_serves", **ns("trunks_ip")) == 0  # a live hit
     assert value(points, "cal_redis.l1.stale_serves", **ns("regions")) == 0
+
+
+async def test_invalidations_reach_kept_entries(
+    caches: Any, server: EmbeddedRedis, l1_clock: FakeClock
+) -> None:
+    """An invalidation of ids or of a whole tenant drops expired entries kept for the
+    stale window (and the ident mappings they name): none of them is served after."""
+    cfg = stale_config(sync=False).with_budget("trunks_ip", max_bytes=1 << 20, ttl=TTL)
+    cache = await caches(cfg)
+    await cache.set_user(user(1))
+    await cache.set_user(user(2))
+    await cache.set_user(User(id="u3", account_id="acc2", email="u3@x.io"))
+    for ident in ("user1", "user2"):
+        assert await cache.get_user_by_ident(ident) is not None
+    await cache.set_trunk_ip("192.0.2.1", "acc1")
+    assert await cache.get_trunk_account("192.0.2.1") == "acc1"
+    l1_clock.advance(TTL)  # every entry expired, all kept for the window
+    users = cache.local["users"]
+    assert users.peek("u1") is None and users.get_stale("u1", WINDOW) is not None
+    await cache.invalidate("User", ["u2"])
+    await cache.invalidate_account("acc1")
+    server.stop()
+    for call in (lambda: cache.get_user_by_id("u1"), lambda: cache.get_user_by_id("u2"),
+                 lambda: cache.get_user_by_ident("user1"),
+                 lambda: cache.get_user_by_ident("user2"),
+                 lambda: cache.get_trunk_account("192.0.2.1")):
+        with pytest.raises(ConnectionError):
+            await call()
+    assert (await cache.get_user_by_id("u3")).account_id == "acc2"  # type: ignore[union-attr]
+    assert cache.stats()["stale_serves"] == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -899,13 +900,19 @@ class Entities(Generic[T]):
                 bad = bad or err
                 continue
             key = self.l1_key(account_id, id_)
-            old = l1.peek(key)
+            old = self._kept(key)
             if old is not None:
                 for ident in self.idents_of(old):
                     l1.invalidate(self._ident_l1_key(account_id, ident))
             l1.invalidate(key)
         if bad is not None:
             raise bad
+
+    def _kept(self, key: Hashable) -> Any:
+        """Whatever L1 holds under ``key``: live, expired but kept for serve-stale, or
+        held while suspended. What drops and invalidations look at, so that nothing
+        they should drop stays to be served stale."""
+        return self.l1.get_stale(key, math.inf)
 
     def drop_account(self, account_id: str) -> int:
         """Drop every L1 entry of ``account_id``; return how many were dropped.
@@ -922,13 +929,14 @@ class Entities(Generic[T]):
             return l1.invalidate_where(lambda k: type(k) is tuple and k[0] == account_id)
         field = self.spec.tenant_field
         held = l1.keys()  # a snapshot (the LRU is not iterable)
+        kept = self._kept
         ids = {
             k for k in held
-            if type(k) is not tuple and getattr(l1.peek(k), field, None) == account_id
+            if type(k) is not tuple and getattr(kept(k), field, None) == account_id
         }
         if field == "id":
             ids.add(account_id)
-        return l1.invalidate_where(lambda k: k in ids or (type(k) is tuple and l1.peek(k) in ids))
+        return l1.invalidate_where(lambda k: k in ids or (type(k) is tuple and kept(k) in ids))
 
     def apply_event(self, action: str, event: Event, account_id: str | None) -> str:
         """Apply one event of this entity to L1; return what was done (for counters).
@@ -957,7 +965,7 @@ class Entities(Generic[T]):
             return "echo"
         if key in self.pending:
             return "superseded"
-        old = l1.peek(key)
+        old = self._kept(key)
         if old is not None:
             for ident in self.idents_of(old):
                 l1.invalidate(self._ident_l1_key(account_id, ident))
@@ -967,7 +975,7 @@ class Entities(Generic[T]):
             value = codec.decode(raw, self.spec.model, key="event " + self.spec.kind, field=id_)
             for ident in self.idents_of(value):  # an ident cached as absent now resolves
                 ikey = self._ident_l1_key(account_id, ident)
-                if l1.peek(ikey) is ABSENT:
+                if self._kept(ikey) is ABSENT:
                     l1.invalidate(ikey)
             if getattr(value, "id", None) != id_:
                 raise SerializationError(f"event id {id_!r} does not match its data")
@@ -978,7 +986,8 @@ class Entities(Generic[T]):
                 return "refresh"
         elif action in ("Create", "Update") and self.spec.ident_fields:
             # No data: which idents now resolve is unknown, so none stays cached absent.
+            kept = self._kept
             l1.invalidate_where(
-                lambda k: type(k) is tuple and k[-2] == _IDENT and l1.peek(k) is ABSENT)
+                lambda k: type(k) is tuple and k[-2] == _IDENT and kept(k) is ABSENT)
         l1.invalidate(key)
         return "invalidate"

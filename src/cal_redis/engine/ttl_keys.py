@@ -18,6 +18,7 @@ the spec's ``redis_key`` to name the key again.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -231,7 +232,8 @@ class TtlKeys(Generic[V]):
         tenant_of = self.spec.tenant_of
         if tenant_of is None:
             return 0
-        return l1.invalidate_where(lambda k: tenant_of(l1.peek(k)) == account_id)
+        # get_stale(k, inf): expired entries kept for serve-stale, held ones too
+        return l1.invalidate_where(lambda k: tenant_of(l1.get_stale(k, math.inf)) == account_id)
 
     def _invalidate_ids(self, account_id: str | None, ids: Sequence[str]) -> None:
         """Drop each id's entry; every valid id is dropped, then an invalid one raises."""
