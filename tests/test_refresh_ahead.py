@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -36,6 +34,7 @@ from cal_redis.engine.refresh import Refresher
 from cal_redis.engine.single_flight import SingleFlight
 from keyspace import K
 from lru_support import FakeClock, clocked_l1
+from private_redis import Factory, cache_factory, freeze, private_server, thaw
 from redis_stats import calls, reset_stats
 from waiting import until
 
@@ -230,39 +229,13 @@ def test_no_refresh_while_the_gate_is_closed(lru_cls: Any) -> None:
 
 @pytest.fixture
 def server() -> Iterator[EmbeddedRedis]:
-    srv = EmbeddedRedis().start()
-    try:
-        yield srv
-    finally:
-        if srv.pid is not None:
-            os.kill(srv.pid, signal.SIGCONT)
-        srv.stop()
+    yield from private_server()
 
 
 @pytest.fixture
-async def private(server: EmbeddedRedis) -> AsyncIterator[Any]:
-    made: list[CallableCache] = []
-
-    async def make(config: CacheConfig) -> CallableCache:
-        cache = await CallableCache.connect(server.url, config=config)
-        made.append(cache)
-        return cache
-
-    try:
+async def private(server: EmbeddedRedis) -> AsyncIterator[Factory]:
+    async with cache_factory(server.url) as make:
         yield make
-    finally:
-        for c in made:
-            await c.close()
-
-
-def _stop(server: EmbeddedRedis) -> None:
-    assert server.pid is not None
-    os.kill(server.pid, signal.SIGSTOP)
-
-
-def _cont(server: EmbeddedRedis) -> None:
-    assert server.pid is not None
-    os.kill(server.pid, signal.SIGCONT)
 
 
 @pytest.mark.standalone_only
@@ -280,7 +253,7 @@ async def test_an_invalidation_racing_a_refresh_wins(
     users = cache.local["users"]
     stale_before = users.stale_fills
     l1_clock.advance(5.0)
-    _stop(server)
+    freeze(server)
     try:
         assert (await cache.get_user_by_id("u1")).name == "v1"  # type: ignore[union-attr]
         await until(lambda: users.inflight == 1, what="the refresh's read in flight")
@@ -289,7 +262,7 @@ async def test_an_invalidation_racing_a_refresh_wins(
         cache._sync.dispatcher.on_message(cache.keys.EVENTS, event)
         assert users.peek("u1").name == "v3"
     finally:
-        _cont(server)
+        thaw(server)
     await until(lambda: refreshes(cache) == 1, what="the refresh")
     assert users.stale_fills == stale_before + 1  # v2 refused
     assert (await cache.get_user_by_id("u1")).name == "v3"  # type: ignore[union-attr]
@@ -304,7 +277,7 @@ async def test_a_miss_joins_the_refresh_in_flight(
     cache = await private(refresh_config(0.5, sync=False))
     await cache.set_user(user(1, name="v1"))
     l1_clock.advance(5.0)
-    _stop(server)
+    freeze(server)
     try:
         assert (await cache.get_user_by_id("u1")).name == "v1"  # type: ignore[union-attr]
         await until(lambda: cache.local["users"].inflight == 1, what="the refresh's read")
@@ -313,7 +286,7 @@ async def test_a_miss_joins_the_refresh_in_flight(
         miss = asyncio.ensure_future(cache.get_user_by_id("u1"))
         await until(lambda: cache.stats()["single_flight_joins"] == 1, what="the join")
     finally:
-        _cont(server)
+        thaw(server)
     assert (await miss).name == "v1"  # type: ignore[union-attr]
     assert cache.remote.stats()["reads"] == reads  # no read of its own
     assert refreshes(cache) == 1
@@ -327,7 +300,7 @@ async def test_close_cancels_refreshes_in_flight(
     await cache.set_user(user(1))
     await cache.set_user(user(2))
     l1_clock.advance(5.0)
-    _stop(server)
+    freeze(server)
     try:
         await cache.get_users_batch(["u1", "u2"])
         refresher = cache._users.refresher
@@ -336,7 +309,7 @@ async def test_close_cancels_refreshes_in_flight(
         tasks = list(refresher._tasks)
         await asyncio.wait_for(cache.close(), 5.0)
     finally:
-        _cont(server)
+        thaw(server)
     assert all(t.cancelled() for t in tasks)
     assert len(refresher) == 0 and refresher.refreshes == 0 and refresher.errors == 0
 

@@ -29,6 +29,7 @@ from cal_redis import (
 from cal_redis.config import NamespaceBudget
 from cal_redis.embedded import EmbeddedRedis
 from lru_support import FakeClock, clocked_l1
+from private_redis import Factory, cache_factory, freeze, private_server, thaw
 from waiting import until
 
 # The stale window and the held entries live in L1: each implementation. A private
@@ -58,28 +59,14 @@ def l1_clock(lru_cls: Any, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 @pytest.fixture
 def server() -> Iterator[EmbeddedRedis]:
-    srv = EmbeddedRedis().start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield from private_server()
 
 
 @pytest.fixture
-async def caches(server: EmbeddedRedis) -> AsyncIterator[Any]:
+async def caches(server: EmbeddedRedis) -> AsyncIterator[Factory]:
     """Factory of caches on the private server; closed at teardown."""
-    made: list[CallableCache] = []
-
-    async def make(config: CacheConfig) -> CallableCache:
-        cache = await CallableCache.connect(server.url, config=config)
-        made.append(cache)
-        return cache
-
-    try:
+    async with cache_factory(server.url) as make:
         yield make
-    finally:
-        for c in made:
-            await c.close()
 
 
 def restart(server: EmbeddedRedis) -> EmbeddedRedis:
@@ -342,19 +329,15 @@ async def test_a_timeout_is_an_error_that_serves_stale(
 ) -> None:
     """A server that stops answering (SIGSTOP): the read times out, the stale value is
     served; once it answers again, the value is read from it."""
-    import os
-    import signal
-
     cache = await caches(stale_config(sync=False))
     await cache.set_user(user(1, name="one"))
     l1_clock.advance(TTL)
-    assert server.pid is not None
-    os.kill(server.pid, signal.SIGSTOP)
+    freeze(server)
     try:
         got = await asyncio.wait_for(cache.get_user_by_id("u1"), 10)
         assert got is not None and got.name == "one"
     finally:
-        os.kill(server.pid, signal.SIGCONT)
+        thaw(server)
     raw = redis.Redis.from_url(server.url)
     raw.hset(cache.keys.USERS, "u1", _json(user(1, name="fresh")))
     raw.close()
