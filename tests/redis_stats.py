@@ -125,3 +125,43 @@ def pause(raw: Any, ms: int) -> None:
             raw.get_redis_connection(node).client_pause(ms)
     else:
         raw.client_pause(ms)
+
+
+def _nodes(raw: Any) -> list[Any]:
+    if isinstance(raw, redis.RedisCluster):
+        return [raw.get_redis_connection(n) for n in raw.get_nodes()]
+    return [raw]
+
+
+class SubscriptionGap:
+    """A gap in every default-user event subscription while writes go on.
+
+    ``ACL SETUSER default resetchannels`` disconnects the subscribers of the default user
+    (and refuses their re-subscriptions) on every node, while clients of the ``writer``
+    user (:attr:`url`) keep writing and publishing; :meth:`end` gives the channels back.
+    """
+
+    USER = "writer"
+    PASSWORD = "writer-secret"
+
+    def __init__(self, raw: Any, redis_url: str) -> None:
+        self.nodes = _nodes(raw)
+        for node in self.nodes:
+            node.execute_command("ACL", "SETUSER", self.USER, "on", ">" + self.PASSWORD,
+                                 "~*", "&*", "+@all")
+        scheme, _, rest = redis_url.partition("://")
+        #: The URL of the writer user (its writes and events go on during the gap).
+        self.url = f"{scheme}://{self.USER}:{self.PASSWORD}@{rest}"
+
+    def begin(self) -> None:
+        for node in self.nodes:
+            node.execute_command("ACL", "SETUSER", "default", "resetchannels")
+
+    def end(self) -> None:
+        for node in self.nodes:
+            node.execute_command("ACL", "SETUSER", "default", "allchannels")
+
+    def close(self) -> None:
+        self.end()
+        for node in self.nodes:
+            node.execute_command("ACL", "DELUSER", self.USER)

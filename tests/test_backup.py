@@ -76,9 +76,11 @@ async def seed(cache: CallableCache, raw: redis.Redis, accounts: tuple[str, ...]
         await cache.set_asset(a, Asset(id="as1", name="logo"))
         await cache.set_address(a, Address(id="ad1", city="Paris"))
         await cache.add_connected_agent(a, f"{a}-u0", f"conn-{a}", "node-1")
-        # A stream (the planned event log), a list and binary data under the account,
-        # in keys no family of the builder knows: copied by their type.
-        log = kb.account(a) + "log"
+        # The account's event log (written above by every write) is a stream; another
+        # stream with set ids, a list and binary data under the account, in keys no
+        # family of the builder knows: copied by their type.
+        assert raw.type(kb.account_log(a)) == b"stream"
+        log = kb.account(a) + "archive"
         raw.xadd(log, {"type": "UserUpdate", "id": f"{a}-u0"}, id="1700000000000-0")
         raw.execute_command("XADD", log, "1700000000001-5", "f", "x", "f", BLOB)
         raw.xadd(log, {"gone": "1"}, id="1700000000002-0")

@@ -205,7 +205,10 @@ _KEYLESS = frozenset({
 _MANY_KEYS = frozenset({"del", "unlink", "exists", "watch", "mget"})
 #: Point commands allowed on a key outside A's prefix (a global hash field, a channel);
 #: whole-collection reads (HGETALL, HSCAN, SMEMBERS...) of such keys are violations.
-_POINT = frozenset({"hget", "hmget", "hset", "hdel", "hexists", "publish", "get", "watch"})
+#: Appending an event to a global table's log (XADD, and the XTRIM of its retention)
+#: is a point write like PUBLISH: nothing of the log is read.
+_POINT = frozenset({"hget", "hmget", "hset", "hdel", "hexists", "publish", "get", "watch",
+                    "xadd", "xtrim"})
 
 
 class Monitor:

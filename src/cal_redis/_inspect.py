@@ -83,6 +83,10 @@ FAMILIES: Final[tuple[Family, ...]] = (
     Family("trunk IPs", "string", lambda k: k.trunk_ip(_IP)),
     Family("ws connections", "hash", lambda k: k.WS_CONNECTIONS),
     Family("key style marker", "string", lambda k: k.LAYOUT),
+    Family("region event log", "stream", lambda k: k.table_log(k.REGIONS)),
+    Family("proxy event log", "stream", lambda k: k.table_log(k.PROXIES)),
+    Family("account table event log", "stream", lambda k: k.table_log(k.ACCOUNTS)),
+    Family("user event log", "stream", lambda k: k.table_log(k.USERS)),
     Family("account devices", "hash", lambda k: k.devices(_ACC), "account"),
     Family("device idents", "hash", lambda k: k.device_idents(_ACC), "account"),
     Family("DDIs", "hash", lambda k: k.ddis(_ACC), "account"),
@@ -102,9 +106,10 @@ FAMILIES: Final[tuple[Family, ...]] = (
     Family("conversations", "string", lambda k: k.conversation(_ACC, _ID), "account"),
     Family("flow states", "string", lambda k: k.flow_state(_ACC, _ID), "account"),
     Family("account ws connections", "hash", lambda k: k.ws_connections(_ACC), "account"),
+    Family("account event logs", "stream", lambda k: k.account_log(_ACC), "account"),
 )
 
-_SIZE_COMMAND = {"hash": "hlen", "set": "scard", "zset": "zcard"}
+_SIZE_COMMAND = {"hash": "hlen", "set": "scard", "zset": "zcard", "stream": "xlen"}
 
 
 @dataclass

@@ -145,6 +145,8 @@ DEFAULT_ENTRY_WEIGHTS: dict[str, EntryWeight] = {
 
 #: The values of :attr:`CacheConfig.topology`.
 TOPOLOGIES: Final = ("auto", "standalone", "cluster")
+#: The values of :attr:`CacheConfig.event_log`.
+EVENT_LOG_MODES: Final = ("flush", "replay")
 
 #: The namespaces :meth:`~cal_redis.CallableCache.warm` fills from a whole table.
 WARMABLE = ("regions", "proxies", "accounts", "users")
@@ -250,6 +252,20 @@ class CacheConfig:
     #: subscription is confirmed (None: no warm-up). A failed warm-up is logged, not
     #: raised: the cache works cold.
     warm: WarmPlan | None = None
+    #: What a gap in the event subscription (a lost pub/sub connection) does to L1:
+    #: ``"flush"`` (the default) drops all of it; ``"replay"`` reads the events missed
+    #: from the event logs (Redis Streams every write script appends to) and drops only
+    #: what they name, flushing a namespace (or one account's part) only when its log
+    #: no longer covers the gap. ``"replay"`` is only correct when **every writer of
+    #: these tables logs its events** (this library always does; other writers use the
+    #: script of docs/wire-format.md, "Event log"). See docs/sync.md.
+    event_log: str = "flush"
+    #: Seconds of events each log keeps (trimmed by MINID in the write script); a gap
+    #: longer than this flushes instead of replaying.
+    event_log_retention: float = 600.0
+    #: Approximate cap on the entries of each log (MAXLEN ~), so a write burst cannot
+    #: grow it without bound; a gap whose events were trimmed by it flushes.
+    event_log_max_len: int = 100_000
     #: Serve-stale on error, seconds (0: off, the default): when a cache-first read
     #: cannot reach Redis (:class:`~cal_redis.errors.ConnectionError` or
     #: :class:`~cal_redis.errors.TimeoutError`, nothing else) and L1 still holds a value
@@ -293,6 +309,16 @@ class CacheConfig:
             raise ConfigurationError(f"cluster must be True, False or None, got {self.cluster!r}")
         if not self.cluster_retry_timeout >= 0:
             raise ConfigurationError("cluster_retry_timeout must be >= 0 seconds")
+        if self.event_log not in EVENT_LOG_MODES:
+            raise ConfigurationError(
+                f"event_log must be one of {', '.join(EVENT_LOG_MODES)}, got {self.event_log!r}"
+            )
+        if not 1 <= self.event_log_retention < math.inf:
+            raise ConfigurationError(
+                f"event_log_retention must be >= 1 second, got {self.event_log_retention}")
+        if not (type(self.event_log_max_len) is int and self.event_log_max_len >= 100):
+            raise ConfigurationError(
+                f"event_log_max_len must be an int >= 100, got {self.event_log_max_len!r}")
         if self.warm is not None and not isinstance(self.warm, WarmPlan):
             raise ConfigurationError("warm must be a WarmPlan or None")
         _check_stale(self.stale_if_error)

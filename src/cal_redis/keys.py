@@ -154,6 +154,8 @@ class KeyBuilder:
     WS_CONNECTIONS: Final = "cal:ws:connections"
     EVENTS: Final = "cal:events"
     LAYOUT: Final = LAYOUT_KEY
+    #: The global entity tables, each with an event log (:meth:`table_log`).
+    TABLES: Final = ("cal:regions", "cal:proxies", "cal:accounts", "cal:users")
 
     def __init__(self, cluster: bool = False) -> None:
         self.cluster = cluster
@@ -256,6 +258,19 @@ class KeyBuilder:
 
     def account_events(self, account_id: str) -> str:
         return self.account(account_id) + "events"
+
+    def account_log(self, account_id: str) -> str:
+        """The event log (a Redis Stream) of the account's channel: every event of
+        account-scoped data (devices, flow states, ``TenantInvalidate``...)."""
+        return self.account(account_id) + "log"
+
+    def table_log(self, table: str) -> str:
+        """The event log (a Redis Stream) of a global entity table (``cal:users`` ->
+        ``cal:log:users``; in the cluster style tagged into the table's slot:
+        ``cal:log:users:{cal:users}``)."""
+        if table not in self.TABLES:
+            raise ValidationError("table", f"{table!r} is not an entity table with a log")
+        return self.ident_hash("cal:log:" + table[len(PREFIX):], table)
 
     def ws_connections(self, account_id: str) -> str:
         """Addition (not in the seed): hash connection_id → user_id of the account's

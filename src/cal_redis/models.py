@@ -289,7 +289,9 @@ class Event(Model, frozen=True, kw_only=True, omit_defaults=True):
     ``ts`` is in milliseconds since the epoch; ``ts_us``, optional, is the same
     instant in microseconds (the events this library publishes carry both; the
     event-lag metric uses ``ts_us`` and falls back to ``ts``). ``ids`` is the batch of
-    ids of an ``<Kind>Invalidate`` event (docs/wire-format.md, "Events").
+    ids of an ``<Kind>Invalidate`` event (docs/wire-format.md, "Events"). ``log_id``,
+    optional, is the id of the event's entry in its event log (a Redis Stream;
+    docs/wire-format.md, "Event log"), set by the script that wrote and published it.
     """
 
     type: str
@@ -300,6 +302,7 @@ class Event(Model, frozen=True, kw_only=True, omit_defaults=True):
     ts_us: int = 0
     data: msgspec.Raw = msgspec.Raw(b"")
     ids: tuple[str, ...] = ()
+    log_id: str = ""
 
     @property
     def has_data(self) -> bool:

@@ -16,6 +16,8 @@ import msgspec
 
 from .. import codec
 from .._context import NeedsContext
+from ..engine import _lua
+from ..engine.writes import log_limits
 from ..errors import ClosedError, ValidationError
 from ..keys import validate_id
 from ..models import Event, now_ms_us
@@ -37,6 +39,8 @@ class SyncOps(NeedsContext):
         if type(event.type) is not str or not event.type:
             raise ValidationError("event", "type must be a non-empty string")
         changes: dict[str, Any] = {}
+        if event.log_id:
+            changes["log_id"] = ""  # set by the script that logs it
         if not event.origin:
             changes["origin"] = self._ctx.instance_id
         if not event.ts:
@@ -80,12 +84,9 @@ class SyncOps(NeedsContext):
             await cache.publish_event(Event(type="UserUpdate", id="u1"))  # invalidate u1 everywhere
         """
         event = self._stamp(event, None)
-        payload = codec.encode(event)
-        channel = self._ctx.keys.EVENTS
-        remote = self._ctx.remote
-        n: int = await remote.write("PUBLISH " + channel, remote.cmd.publish, channel, payload)
+        n = await self._publish(self._ctx.keys.EVENTS, event, None)
         self._sync.dispatcher.apply_own(event, None)
-        return int(n)
+        return n
 
     async def publish_account_event(self, account_id: str, event: Event) -> int:
         """Publish ``event`` on ``account_id``'s channel; return the receiver count.
@@ -100,10 +101,22 @@ class SyncOps(NeedsContext):
         """
         channel = self._ctx.keys.account_events(account_id)
         event = self._stamp(event, account_id)
+        n = await self._publish(channel, event, account_id)
+        self._sync.dispatcher.apply_own(event, account_id)
+        return n
+
+    async def _publish(self, channel: str, event: Event, account_id: str | None) -> int:
+        """PUBLISH ``event``; an event that changes what L1 holds is also appended to its
+        event log in the same script (docs/wire-format.md, "Event log")."""
         payload = codec.encode(event)
         remote = self._ctx.remote
-        n: int = await remote.write("PUBLISH " + channel, remote.cmd.publish, channel, payload)
-        self._sync.dispatcher.apply_own(event, account_id)
+        log_key = self._sync.dispatcher.log_key(event.type, account_id)
+        if log_key is None:
+            n: int = await remote.write("PUBLISH " + channel, remote.cmd.publish, channel, payload)
+            return int(n)
+        retention, cap = log_limits(self._ctx.config)
+        n = await remote.script("PUBLISH " + channel, _lua.LOG_PUBLISH, [log_key],
+                                [channel, payload, retention, cap])
         return int(n)
 
     def events(self, account_id: str | None = None, *, maxsize: int = 1000) -> EventStream:

@@ -87,6 +87,7 @@ class FlowStateOps(NeedsContext):
             return Step(value, event)
 
         target = Target(key, channel=ctx.keys.account_events(account_id), ttl=str(ms),
+                        log=ctx.keys.account_log(account_id),
                         known=codec.known_fields(FlowState))
         engine = self._flow_states
         held = engine.held(account_id, state.id)
@@ -105,7 +106,8 @@ class FlowStateOps(NeedsContext):
         def compute(stored: Guess) -> Step[None]:
             return Step(None, event)
 
-        target = Target(key, channel=ctx.keys.account_events(account_id))
+        target = Target(key, channel=ctx.keys.account_events(account_id),
+                        log=ctx.keys.account_log(account_id))
         outcome = await self._flow_states.write(account_id, flow_id, target, compute, ANY)
         return outcome.existed
 

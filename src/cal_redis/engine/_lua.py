@@ -16,6 +16,8 @@ from ..remote import Script
 __all__ = (
     "WRITE",
     "AGENT_SET",
+    "LOG_PUBLISH",
+    "LOG_READ",
     "SESSIONS_PRUNE",
     "WS_ADD",
     "WS_CLAIM",
@@ -95,6 +97,22 @@ local function cas(old, mode, expect)
 end
 """
 
+# Append an event to its log (a capped Redis Stream: MAXLEN ~ bounds a burst, MINID
+# drops what is older than the retention) and publish it with the log entry's id as
+# "log_id" (the id is only known here). `logkey` nil: publish only. The event is a JSON
+# object as encoded by the library (it ends with '}' and holds no "log_id").
+_LOG = r"""
+local function log_publish(logkey, channel, event, retention, maxlen)
+  if logkey then
+    local id = redis.call('XADD', logkey, 'MAXLEN', '~', maxlen, '*', 'e', event)
+    local ms = tonumber(string.match(id, '^(%d+)'))
+    redis.call('XTRIM', logkey, 'MINID', string.format('%.0f-0', ms - retention))
+    event = string.sub(event, 1, -2) .. ',"log_id":"' .. id .. '"}'
+  end
+  return redis.call('PUBLISH', channel, event)
+end
+"""
+
 # Helpers shared by the direct-Redis scripts below (unused locals cost nothing).
 _PRELUDE = _CAS + r"""
 -- Set the top-level "connected" field of the AgentStatus JSON at `skey`, if one
@@ -144,7 +162,8 @@ end
 #: write was computed from. Values are compared byte for byte and never re-encoded
 #: here. Every key is in KEYS, so all of them can share one cluster slot.
 #: KEYS[1] the value's key (a hash if ARGV[3] ~= '', else a string key);
-#:   flag 'i': KEYS[2] the idents hash; flag 'm': the last key, a set of members.
+#:   flag 'i': KEYS[2] the idents hash; flag 'm': a set of members (the last key, or
+#:   the one before the log); flag 'l': the last key, the event's log (a stream).
 #: ARGV[1] mode: 'a' the value must be absent; 'e' it must equal ARGV[2]; 'k' it must
 #:   be absent or a JSON object with no field outside ARGV[2] (comma-separated field
 #:   names; its idents in the fields ARGV[12] names are then dropped); 'x' as 'k' but
@@ -157,7 +176,8 @@ end
 #: ARGV[7] channel ('' = no event); ARGV[8] the event; ARGV[9] the event to publish
 #:   instead when no value was stored ('' = ARGV[8]); ARGV[10] flags;
 #: ARGV[11] the id (what idents map to, the member); ARGV[12] ident field names;
-#: ARGV[13] n, then n idents to drop (only those still mapping to the id), then the
+#: ARGV[13] the log's retention (ms), ARGV[14] its approximate cap (entries);
+#: ARGV[15] n, then n idents to drop (only those still mapping to the id), then the
 #:   idents to add.
 #: Reply: 1 written (a value was stored before), 2 written (none was), 0 refused
 #: (a value was expected, none is stored), the stored value (refused: it differs).
@@ -176,28 +196,30 @@ if o then
   end
 end
 local flags, id = ARGV[10], ARGV[11]
+local logkey, members = nil, #KEYS
+if string.find(flags, 'l', 1, true) then logkey = KEYS[#KEYS]; members = #KEYS - 1 end
 if ARGV[5] == 'd' then
   if field == '' then redis.call('DEL', KEYS[1]) else redis.call('HDEL', KEYS[1], field) end
-  if string.find(flags, 'm', 1, true) then redis.call('SREM', KEYS[#KEYS], id) end
+  if string.find(flags, 'm', 1, true) then redis.call('SREM', KEYS[members], id) end
 else
   if field ~= '' then redis.call('HSET', KEYS[1], field, ARGV[4])
   elseif ARGV[6] == '' then redis.call('SET', KEYS[1], ARGV[4], 'KEEPTTL')
   elseif ARGV[6] == '-' then redis.call('SET', KEYS[1], ARGV[4])
   else redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[6]) end
-  if string.find(flags, 'm', 1, true) then redis.call('SADD', KEYS[#KEYS], id) end
+  if string.find(flags, 'm', 1, true) then redis.call('SADD', KEYS[members], id) end
 end
 if string.find(flags, 'i', 1, true) then
-  local n = tonumber(ARGV[13])
-  for i = 14, 13 + n do stale[#stale + 1] = ARGV[i] end
+  local n = tonumber(ARGV[15])
+  for i = 16, 15 + n do stale[#stale + 1] = ARGV[i] end
   for _, v in ipairs(stale) do
     if redis.call('HGET', KEYS[2], v) == id then redis.call('HDEL', KEYS[2], v) end
   end
-  for i = 14 + n, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], id) end
+  for i = 16 + n, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], id) end
 end
 if ARGV[7] ~= '' then
   local event = ARGV[8]
   if not old and ARGV[9] ~= '' then event = ARGV[9] end
-  redis.call('PUBLISH', ARGV[7], event)
+  log_publish(logkey, ARGV[7], event, tonumber(ARGV[13]), ARGV[14])
 end
 if old then return 1 end
 return 2
@@ -401,6 +423,35 @@ return out
 """
 
 
+#: Publish a hand-made event (``publish_event``, ``invalidate``...) and append it to
+#: its log, atomically. KEYS[1] the log. ARGV: channel, event JSON, retention (ms),
+#: approximate cap. Answers PUBLISH's receiver count.
+_LOG_PUBLISH = r"""
+return log_publish(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])
+"""
+
+#: Read a log for a replay (read-only): {0} when the stream does not exist, else
+#: {1, max-deleted-entry-id, last-generated-id, entries, first entry id ('' if empty),
+#: entries-added, length}, the entries those of ``XRANGE KEYS[1] ARGV[1] + COUNT ARGV[2]``.
+#: (Trimming does not move max-deleted-entry-id, which only XDEL sets: whether a trim
+#: reached past an id is read from the first entry and the two counts.)
+_LOG_READ = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local deleted, last, first, added, length = '0-0', '0-0', '', 0, 0
+for i = 1, #info, 2 do
+  local k, v = info[i], info[i + 1]
+  if k == 'max-deleted-entry-id' then deleted = v
+  elseif k == 'last-generated-id' then last = v
+  elseif k == 'entries-added' then added = v
+  elseif k == 'length' then length = v
+  elseif k == 'first-entry' and type(v) == 'table' then first = v[1] end
+end
+return {1, deleted, last, redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2]),
+        first, added, length}
+"""
+
+
 def _script(name: str, body: str) -> Script:
     return Script(name, _PRELUDE + body)
 
@@ -409,7 +460,9 @@ def _ws_script(name: str, body: str) -> Script:
     return Script(name, _PRELUDE + _WS + body)
 
 
-WRITE = Script("write", _CAS + _WRITE)
+WRITE = Script("write", _CAS + _LOG + _WRITE)
+LOG_PUBLISH = Script("log_publish", _LOG + _LOG_PUBLISH)
+LOG_READ = Script("log_read", _LOG_READ)
 AGENT_SET = _script("agent_set", _AGENT_SET)
 SESSIONS_PRUNE = _script("sessions_prune", _SESSIONS_PRUNE)
 WS_ADD = _ws_script("ws_add", _WS_ADD)

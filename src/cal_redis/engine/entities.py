@@ -97,6 +97,7 @@ class Entities(Generic[T]):
         "_remote",
         "_stale",
         "flights",
+        "global_log",
         "l1",
         "pending",
         "refresher",
@@ -117,6 +118,10 @@ class Entities(Generic[T]):
         self._decode = codec.decoder(spec.model).decode
         self._id_arg = spec.kind.lower() + "_id"
         self._global_hkey = "" if spec.scoped else spec.hash_key(ctx.keys, None)
+        #: The event log of a global kind (its table's); None for a scoped kind,
+        #: whose events go to each account's log.
+        self.global_log: str | None = (
+            None if spec.scoped else ctx.keys.table_log(self._global_hkey))
         self._known = codec.known_fields(spec.model)
         self._negative_ttl = ctx.config.budget(spec.namespace).negative_ttl
         # Until when (monotonic) an ABSENT entity entry may be alive: batch reads look
@@ -765,6 +770,12 @@ class Entities(Generic[T]):
         await self._write(account_id, id_, compute, self._guess(key), existed)
         return existed[0]
 
+    def log_key(self, account_id: str | None) -> str:
+        """The event log this kind's events of ``account_id`` go to."""
+        if self.global_log is not None:
+            return self.global_log
+        return self._ctx.keys.account_log(account_id)  # type: ignore[arg-type]
+
     def _step(
         self, account_id: str | None, id_: str, stored: Guess, value: T, data: bytes,
         new_idents: frozenset[str],
@@ -798,6 +809,7 @@ class Entities(Generic[T]):
             field=id_,
             idents_key=spec.idents_key(keys, account_id) if spec.idents_key else None,
             channel=keys.account_events(account_id) if spec.scoped else keys.EVENTS,  # type: ignore[arg-type]
+            log=self.log_key(account_id),
             id=id_,
             known=self._known,
             ident_fields=",".join(spec.ident_fields),

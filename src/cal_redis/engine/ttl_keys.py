@@ -71,6 +71,10 @@ class TtlKeys(Generic[V]):
     __slots__ = ("_ctx", "_negative_ttl", "_stale", "flights", "l1", "refresher", "spec",
                  "stale_serves")
 
+    #: Global string keys share no slot with any log: their events are not logged
+    #: (a gap flushes the namespace); scoped ones go to each account's log.
+    global_log: str | None = None
+
     def __init__(self, spec: TtlKeySpec[V], ctx: Context) -> None:
         self.spec = spec
         self._ctx = ctx

@@ -24,6 +24,7 @@ from typing import Any, Final, Generic, TypeVar
 import msgspec
 
 from .. import codec
+from ..config import CacheConfig
 from ..errors import CalRedisError, NotFoundError, ValidationError
 from ..keys import validate_id
 from ..models import Model
@@ -40,6 +41,7 @@ __all__ = (
     "Step",
     "Target",
     "check_model",
+    "log_limits",
     "owned",
     "put",
     "write",
@@ -90,7 +92,7 @@ Guess = bytes | None | _Any | _Known
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where a write goes: the value's key (and hash field), its idents hash, a member
-    set, the event channel, and the TTL of a string key."""
+    set, the event channel and the event's log, and the TTL of a string key."""
 
     key: str
     field: str = ""  # '' = a string key
@@ -105,6 +107,8 @@ class Target:
     known: str = ""
     #: The ident field names, comma-separated (for a KNOWN guess).
     ident_fields: str = ""
+    #: The event log (a stream) the event is appended to; None: published only.
+    log: str | None = None
 
     def keys(self) -> list[str]:
         out = [self.key]
@@ -112,12 +116,14 @@ class Target:
             out.append(self.idents_key)
         if self.member_set is not None:
             out.append(self.member_set)
+        if self.log is not None:
+            out.append(self.log)
         return out
 
     def flags(self) -> str:
-        return ("i" if self.idents_key is not None else "") + (
-            "m" if self.member_set is not None else ""
-        )
+        return (("i" if self.idents_key is not None else "")
+                + ("m" if self.member_set is not None else "")
+                + ("l" if self.log is not None else ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +172,7 @@ async def write(
     """
     keys = target.keys()
     flags = target.flags()
+    retention, cap = log_limits(remote.config)
     stored = guess
     for attempt in range(MAX_ATTEMPTS):
         await _contended(attempt)
@@ -176,7 +183,8 @@ async def write(
             mode, expect, target.field,
             b"" if value is None else value, "d" if value is None else "s",
             target.ttl, target.channel, step.event, step.event_if_new, flags, target.id,
-            target.ident_fields, len(step.drop_idents), *step.drop_idents, *step.add_idents,
+            target.ident_fields, retention, cap,
+            len(step.drop_idents), *step.drop_idents, *step.add_idents,
         ]
         reply = await remote.script(what, _lua.WRITE, keys, args)
         if reply == 1 or reply == 2:
@@ -207,6 +215,11 @@ async def write_with(
             return result
         stored = _refused(what, reply)
     raise CalRedisError(f"{what}: gave up after {MAX_ATTEMPTS} concurrent changes of the value")
+
+
+def log_limits(config: CacheConfig) -> tuple[int, int]:
+    """The event logs' retention (ms) and approximate cap, as the scripts take them."""
+    return int(config.event_log_retention * 1000), config.event_log_max_len
 
 
 def _mode(stored: Guess, known: str, replace: bool) -> tuple[str, bytes]:

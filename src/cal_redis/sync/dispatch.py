@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING, Final, Protocol
 import msgspec
 
 from .. import codec
-from ..errors import SerializationError, ValidationError
+from ..errors import CalRedisError, SerializationError, ValidationError
 from ..models import Event
+from .log import EventLog
 
 if TYPE_CHECKING:
     from .._context import Context
@@ -80,6 +81,7 @@ _APPLIED = frozenset(("refresh", "invalidate", "sync"))
 #: Why L1 was flushed (the ``reason`` of :attr:`Counters.flushes` and of the log lines).
 FLUSH_REASONS: Final = (
     "starting", "lost", "subscribed", "resubscribed", "closed", "sync_event", "topology",
+    "replay",
 )
 
 
@@ -95,6 +97,10 @@ class EventTarget(Protocol):
     @property
     def spec(self) -> _Spec:
         """The engine's spec (its L1 namespace)."""
+
+    @property
+    def global_log(self) -> str | None:
+        """The event log of the kind's global events (None: not logged, or scoped)."""
 
     def apply_event(self, action: str, event: Event, account_id: str | None) -> str:
         """Apply a received event to L1; return what was done."""
@@ -120,14 +126,22 @@ class Counters:
         "malformed",
         "received",
         "reconnects",
+        "replay_flushes",
+        "replayed",
+        "replays",
         "superseded",
         "topology_flushes",
         "unknown",
+        "unlogged",
     )
 
     def __init__(self) -> None:
         self.received = self.applied = self.echoes = self.superseded = 0
         self.unknown = self.malformed = self.disconnects = self.reconnects = 0
+        #: Gaps replayed from the event logs, events read doing so, scopes (a table's
+        #: namespace or an account's part) flushed because a log did not cover a gap,
+        #: and events of logged kinds that came without a log id.
+        self.replays = self.replayed = self.replay_flushes = self.unlogged = 0
         #: (namespace, reason) -> how many times that namespace was flushed for that
         #: reason (one of :data:`FLUSH_REASONS`).
         self.flushes: dict[tuple[str, str], int] = {}
@@ -163,6 +177,7 @@ class Kind:
     action: str
     target: EventTarget
     namespace: str  # the target's L1 namespace
+    log: str | None  # the event log of a global kind (None: scoped, or not logged)
 
 
 class Dispatcher:
@@ -180,6 +195,7 @@ class Dispatcher:
         "apply_l1",
         "counters",
         "hold_on_loss",
+        "log",
         "observer",
         "state",
         "types",
@@ -198,13 +214,16 @@ class Dispatcher:
         #: On a loss, suspend L1 (hold its entries without serving them) instead of
         #: flushing it: set when something can use the held entries (serve-stale on
         #: error, or replaying the missed events from the event log).
-        self.hold_on_loss = False
+        self.hold_on_loss = ctx.config.event_log == "replay"
+        #: The event logs, when gaps are replayed (``CacheConfig(event_log="replay")``).
+        self.log: EventLog | None = EventLog(ctx) if ctx.config.event_log == "replay" else None
         #: Rate-limited warnings (one per reason every LOG_EVERY seconds).
         self.warn = _LogLimiter()
         self._sync_log = _LogLimiter(logging.INFO)
         #: ``<Kind><Action>`` -> how it is applied, for every event-synced kind.
         self.types: dict[str, Kind] = {
-            prefix + action: Kind(scoped, action, target, target.spec.namespace)
+            prefix + action: Kind(scoped, action, target, target.spec.namespace,
+                                  None if scoped else target.global_log)
             for prefix, (target, scoped) in targets.items()
             for action in ACTIONS
         }
@@ -275,8 +294,10 @@ class Dispatcher:
             self._lost_at = time.monotonic()
             self._cause = reason
             log.warning(
-                "sync degraded: event subscription to %s lost (%s); L1 flushed and bypassed, "
-                "cache-first reads go to Redis until it is restored", self._where(), reason
+                "sync degraded: event subscription to %s lost (%s); L1 %s, cache-first "
+                "reads go to Redis until it is restored", self._where(), reason,
+                "held (suspended)" if self.hold_on_loss and self.apply_l1 else
+                "flushed and bypassed",
             )
         if self.apply_l1:
             gate = self._ctx.gate
@@ -289,8 +310,25 @@ class Dispatcher:
             else:
                 self._flush("starting" if reason is None else "lost")
 
-    def connected(self, again: bool) -> None:
-        """Both subscriptions confirmed: flush once more, then open the gate.
+    @property
+    def replays(self) -> bool:
+        """True when a gap is to be replayed from the event logs rather than flushed."""
+        return self.log is not None and self.log.active and self.apply_l1
+
+    async def replay(self) -> bool:
+        """The subscriptions are confirmed again after a gap: replay the missed events
+        from the event logs into the suspended L1 (see :mod:`.log`). False when L1 must
+        be flushed instead (never raises: a Redis error falls back to the flush)."""
+        assert self.log is not None
+        try:
+            return await self.log.replay(self)
+        except CalRedisError as err:
+            self.warn("replay", "event-log replay failed (%s): L1 flushed instead", err)
+            return False
+
+    def connected(self, again: bool, replayed: bool = False) -> None:
+        """Both subscriptions confirmed: flush once more (unless the gap was just
+        ``replayed`` into L1), then open the gate.
 
         No await between the flush and opening the gate: a fill that began before the
         flush is fenced out by it.
@@ -304,7 +342,8 @@ class Dispatcher:
         else:
             log.debug("subscribed to %s", self._where())
         if self.apply_l1:
-            self._flush("resubscribed" if again else "subscribed")
+            if not replayed:
+                self._flush("resubscribed" if again else "subscribed")
             self._ctx.local.resume()
             gate = self._ctx.gate
             gate.fill_ok = True
@@ -320,6 +359,38 @@ class Dispatcher:
                     self._ctx.instance_id[:12], reason)
         if self.apply_l1:
             self._flush("topology")
+
+    def flush_namespace(self, namespace: str, reason: str) -> None:
+        """Drop one namespace of L1 (fencing its fills in flight); counted and logged."""
+        n = self._ctx.local.flush(namespace)
+        flushes = self.counters.flushes
+        flushes[namespace, reason] = flushes.get((namespace, reason), 0) + 1
+        for kind in self.types.values():
+            if kind.namespace == namespace:
+                kind.target.reset()
+        log.info("L1 namespace %s flushed (%s) on instance %s: %d entries", namespace, reason,
+                 self._ctx.instance_id[:12], n)
+
+    def flush_account(self, account_id: str, reason: str) -> None:
+        """Drop one account's entries from every namespace of L1; logged."""
+        n = self.drop_account(account_id)
+        log.info("L1 entries of account %s flushed (%s) on instance %s: %d entries",
+                 account_id, reason, self._ctx.instance_id[:12], n)
+
+    def log_key(self, event_type: str, account_id: str | None) -> str | None:
+        """The event log an event of ``event_type`` published on ``account_id``'s channel
+        (None: ``cal:events``) goes to; None when such events are not logged (trunk IPs,
+        application events)."""
+        kind = self.types.get(event_type)
+        if account_id is not None:
+            if kind is not None or event_type == TENANT_INVALIDATE:
+                return self._ctx.keys.account_log(account_id)
+            return None
+        return kind.log if kind is not None else None
+
+    def replay_event(self, event: Event, account: str | None, channel: str) -> None:
+        """Apply an event read from a log (the gate is closed: it only drops)."""
+        self._apply(event, account, channel, replayed=True)
 
     def stopped(self) -> None:
         """The cache closed: L1 is flushed and never filled again."""
@@ -380,10 +451,23 @@ class Dispatcher:
             return
         self._hub.deliver(event, account)
 
-    def _apply(self, event: Event, account: str | None, channel: str) -> bool:
+    def _apply(
+        self, event: Event, account: str | None, channel: str, replayed: bool = False
+    ) -> bool:
         """Apply an event to L1; False when it is malformed (not passed on)."""
         c = self.counters
         kind = self.types.get(event.type)
+        elog = self.log
+        if elog is not None and not replayed and (
+                kind is not None or (account is not None and event.type == TENANT_INVALIDATE)
+        ) and not elog.seen(event, account, kind):
+            c.unlogged += 1
+            self.warn(
+                "unlogged",
+                "%s event on %s carries no log_id although CacheConfig(event_log='replay') "
+                "requires every writer to log its events: replay switched off, gaps flush "
+                "L1 until this cache is restarted (instance %s)", event.type, channel,
+                self._ctx.instance_id[:12])
         if kind is None and event.type == TENANT_INVALIDATE:
             if account is None:
                 c.malformed += 1
@@ -417,7 +501,7 @@ class Dispatcher:
             if outcome == "sync":
                 self._namespace_synced(kind, event, channel, held)
             observer = self.observer
-            if observer is not None:
+            if observer is not None and not replayed:
                 observer.event_applied(event, kind.namespace)
         elif outcome == "echo":
             c.echoes += 1

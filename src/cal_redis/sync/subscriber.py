@@ -71,6 +71,16 @@ class SyncState:
     reconnects: int = 0
     #: L1 flushes while subscribed (a Redis Cluster failover or slot map change).
     topology_flushes: int = 0
+    #: Gaps replayed from the event logs instead of flushing L1
+    #: (``CacheConfig(event_log="replay")``), and the events read doing so.
+    replays: int = 0
+    replayed: int = 0
+    #: Scopes (a table's namespace, an account's entries) flushed because their log no
+    #: longer covered a gap.
+    replay_flushes: int = 0
+    #: Events of logged kinds received without a log id while replay was on (each
+    #: switches replay off until the cache is restarted).
+    unlogged: int = 0
     #: Events dropped because an app subscriber's queue was full.
     app_overflow: int = 0
     #: App subscriptions (:meth:`SyncOps.events`) currently open.
@@ -192,11 +202,11 @@ class Subscriber:
             self._state = state
             self._since = now_ms()
 
-    def _enter_connected(self) -> None:
+    def _enter_connected(self, replayed: bool = False) -> None:
         """Both subscriptions confirmed: events published from now on reach us."""
         if self.dispatcher.apply_l1:
             self._set_state("connected")
-        self.dispatcher.connected(again=self._ever_connected)
+        self.dispatcher.connected(again=self._ever_connected, replayed=replayed)
         self._ever_connected = True
         assert self._ready is not None
         self._ready.set()
@@ -220,6 +230,10 @@ class Subscriber:
             disconnects=c.disconnects,
             reconnects=c.reconnects,
             topology_flushes=c.topology_flushes,
+            replays=c.replays,
+            replayed=c.replayed,
+            replay_flushes=c.replay_flushes,
+            unlogged=c.unlogged,
             app_overflow=self.hub.overflow,
             app_streams=self.hub.open_streams,
         )
@@ -259,7 +273,10 @@ class Subscriber:
             parser.set_pubsub_push_handler(_push_passthrough)
         loop = asyncio.get_running_loop()
         interval = ctx.config.heartbeat_interval
+        elog = self.dispatcher.log
         try:
+            if elog is not None and elog.marker is None:
+                await elog.begin()  # before subscribing: the logs' starting point
             await conn.connect()
             await conn.send_command("SUBSCRIBE", keys.EVENTS, check_health=False)
             await conn.send_command("PSUBSCRIBE", keys.account_events_pattern(), check_health=False)
@@ -277,7 +294,17 @@ class Subscriber:
                     unconfirmed -= 1
                 else:
                     self._on_reply(resp)
-            self._enter_connected()
+            # After a gap, the events missed are replayed from the logs before any
+            # live one is read (those wait in the socket): see sync/log.py.
+            replayed = (self._ever_connected and self.dispatcher.replays
+                        and await self.dispatcher.replay())
+            if replayed:
+                # Live events that arrived during the replay: applied before L1 is
+                # served again (the gate is still closed, so they only drop).
+                while (resp := await read(timeout=0, push_request=True,
+                                          disconnect_on_error=False)) is not None:
+                    self._on_reply(resp)
+            self._enter_connected(replayed)
             self._live = True
             # Heartbeat: a PING every `interval`; dead when nothing at all arrived for
             # 2 x interval and the oldest unanswered PING is `interval` old (the
