@@ -399,3 +399,25 @@ async def test_invalidations_reach_kept_entries(
             await call()
     assert (await cache.get_user_by_id("u3")).account_id == "acc2"  # type: ignore[union-attr]
     assert cache.stats()["stale_serves"] == 1
+
+
+async def test_a_tenant_drop_reaches_suspended_entries(
+    caches: Any, server: EmbeddedRedis, l1_clock: FakeClock
+) -> None:
+    """While L1 is suspended (held on a loss), dropping a tenant (what a replayed
+    ``TenantInvalidate`` does) drops its held entries of every kind: they are neither
+    served stale now nor served again once L1 resumes."""
+    cache = await caches(stale_config())
+    await cache.set_user(user(1))  # acc1
+    await cache.set_user(User(id="u3", account_id="acc2", email="u3@x.io"))
+    await cache.set_trunk_ip("192.0.2.1", "acc1")
+    assert await cache.get_trunk_account("192.0.2.1") == "acc1"
+    await killed(cache, server)
+    assert cache._sync.dispatcher.drop_account("acc1") == 2
+    with pytest.raises(ConnectionError):
+        await cache.get_user_by_id("u1")
+    with pytest.raises(ConnectionError):
+        await cache.get_trunk_account("192.0.2.1")
+    assert (await cache.get_user_by_id("u3")).account_id == "acc2"  # type: ignore[union-attr]
+    cache.local.resume()
+    assert cache.local["users"].peek("u1") is None and cache.local["users"].peek("u3")
