@@ -82,6 +82,9 @@ class CallableCache(
         dispatcher = Dispatcher(
             ctx, hub := Hub(), {e.spec.kind: (e, e.spec.scoped) for e in self._engines}
         )
+        # Hold L1 on a loss of the event subscription (instead of flushing it) when a
+        # held entry can be used: served stale while Redis cannot be reached.
+        dispatcher.hold_on_loss |= config.serves_stale
         self._sync = Subscriber(ctx, dispatcher, hub)
         #: What this cache's metrics are read from (cal_redis.metrics).
         self._metrics = metrics.Sources(config, ctx.local, remote, dispatcher, hub, self._engines)
@@ -246,6 +249,8 @@ class CallableCache(
             return
         metrics.detach(self._metrics)
         try:
+            for engine in self._engines:  # refresh-ahead reads in flight: cancelled
+                await engine.refresher.close()
             await self._sync.stop()
         finally:
             await self._ctx.remote.close()
@@ -271,12 +276,17 @@ class CallableCache(
         return client
 
     def stats(self) -> dict[str, Any]:
-        """L1 figures per namespace, L2 round trips/errors/retries, single-flight joins."""
+        """L1 figures per namespace, L2 round trips/errors/retries, single-flight joins,
+        values served stale on error, refresh-ahead reads (done, failed) and the sync."""
+        engines = self._engines
         return {
             "l1": self.local.stats(),
             "l1_implementation": self.local.implementation,
             "l2": self.remote.stats(),
-            "single_flight_joins": sum(e.joins for e in self._engines),
+            "single_flight_joins": sum(e.joins for e in engines),
+            "stale_serves": sum(e.stale_serves for e in engines),
+            "refreshes": sum(e.refresher.refreshes for e in engines),
+            "refresh_errors": sum(e.refresher.errors for e in engines),
             "sync": self._sync.snapshot().as_dict(),
         }
 
