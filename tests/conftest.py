@@ -21,9 +21,14 @@ FLUSHALL on every master between tests): ``redis_url`` is then its
 on a cluster are marked ``standalone_only``.
 
 Tests marked ``faults`` (tests/test_faults.py: real faults against a server of their
-own, about two minutes) run only when ``-m`` selects them (``pytest -m faults``); every
+own, a minute or two) run only when ``-m`` selects them (``pytest -m faults``); every
 other run deselects them, so the main suite never runs them by accident. Their figures
 (``report_figures``) are printed at the end of the run.
+
+Tests marked ``sentinel`` start their own Redis Sentinel deployment
+(:class:`~cal_redis.embedded.EmbeddedSentinel`: ``redis-sentinel`` processes beside a
+primary and its replicas). Without the ``redis-sentinel`` binary they are skipped,
+saying how to install it, except under ``CI=true``, where they run (and fail).
 
 ``--event-loop=uvloop`` (or ``CAL_REDIS_TEST_LOOP=uvloop``) runs every async test and
 fixture on uvloop's event loop, through pytest-asyncio's ``pytest_asyncio_loop_factories``
@@ -45,7 +50,7 @@ from hypothesis import settings
 from cal_redis import CacheConfig, CallableCache, _fast
 from cal_redis import local as local_mod
 from cal_redis._fast import _lru_py
-from cal_redis.embedded import EmbeddedCluster, EmbeddedRedis
+from cal_redis.embedded import EmbeddedCluster, EmbeddedRedis, EmbeddedRedisError, find_sentinel_binary
 
 # No per-example deadline: these 2-core CI machines are noisy. "ci" keeps examples
 # derandomized so a red run can be reproduced.
@@ -60,6 +65,7 @@ STANDALONE_MARK = pytest.mark.standalone_only
 FAULTS_MARK = pytest.mark.faults
 #: Lines tests leave for the end of the run: title -> (header, rows), in test order.
 FIGURES = pytest.StashKey[dict[str, tuple[str, list[str]]]]()
+SENTINEL_MARK = pytest.mark.sentinel
 L1_PARAMS = (pytest.param("c", marks=C_EXT_MARK, id="c"), pytest.param("py", id="py"))
 
 
@@ -121,6 +127,8 @@ def pytest_configure(config: pytest.Config) -> None:
         (L1_MARK, "exercises the L1: tests using l1_impl run with each implementation"),
         (C_EXT_MARK, "runs only against the compiled module"),
         (STANDALONE_MARK, "needs a single server (skipped under --redis-cluster)"),
+        (SENTINEL_MARK, "starts redis-sentinel processes (skipped without the binary, "
+                        "except under CI=true)"),
     ):
         if mark.name not in declared:
             config.addinivalue_line("markers", f"{mark.name}: {doc}")
@@ -133,12 +141,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("l1_impl", L1_PARAMS, indirect=True)
 
 
+def sentinel_missing() -> str | None:
+    """Why the ``sentinel`` tests cannot run here (no binary), or None when they can."""
+    try:
+        find_sentinel_binary()
+    except EmbeddedRedisError as err:
+        return str(err)
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if FAULTS_MARK.name not in (config.option.markexpr or ""):
         faults = [item for item in items if item.get_closest_marker(FAULTS_MARK.name)]
         if faults:
             config.hook.pytest_deselected(items=faults)
             items[:] = [item for item in items if not item.get_closest_marker(FAULTS_MARK.name)]
+    missing = sentinel_missing()
+    if missing is not None and os.environ.get("CI", "").lower() not in ("true", "1"):
+        no_sentinel = pytest.mark.skip(reason=missing)
+        for item in items:
+            if item.get_closest_marker(SENTINEL_MARK.name) is not None:
+                item.add_marker(no_sentinel)
     if config.option.redis_cluster:
         alone = pytest.mark.skip(reason="--redis-cluster: needs a single server")
         for item in items:

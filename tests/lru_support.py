@@ -35,3 +35,16 @@ class FakeClock:
 def counters(cache: Any) -> dict[str, int]:
     """The counters of ``cache`` read as attributes."""
     return {name: getattr(cache, name) for name in COUNTERS}
+
+
+def clocked_l1(lru_cls: Any, monkeypatch: Any) -> FakeClock:
+    """Make the caches created from now on build their L1 namespaces from ``lru_cls``
+    on a settable clock (returned): TTLs, stale windows and refresh-ahead windows are
+    then crossed exactly, without sleeping."""
+    import functools
+
+    from cal_redis import local as local_mod
+
+    clock = FakeClock()
+    monkeypatch.setattr(local_mod, "LRUCache", functools.partial(lru_cls, clock=clock))
+    return clock

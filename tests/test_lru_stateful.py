@@ -3,7 +3,9 @@
 One hypothesis state machine drives every available implementation and an obviously
 correct O(n) reference model with the same random operations, on a shared fake clock, and
 checks after every step that return values, key order (most recent first), counters,
-weights and fence state are identical, and that no cache exceeds its weight budget.
+weights and fence state are identical, and that no cache exceeds its weight budget. The
+stale window (entries kept past their TTL for ``get_stale``), suspension and the
+refresh-ahead handler's calls are part of what must agree.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ else:
 class Model:
     """Reference semantics, written for obviousness rather than speed.
 
-    ``items`` is a list of ``[key, value, weight, expires_at]``, most recent first.
+    ``items`` is a list of ``[key, value, weight, expires_at, stored_at, refresh_at,
+    purge_at]``, most recent first: an item is served until ``expires_at``, kept until
+    ``purge_at`` (the stale window), and due for refresh-ahead from ``refresh_at``
+    (``== expires_at``: not due).
     """
 
     def __init__(
@@ -54,7 +59,12 @@ class Model:
         *,
         clock: Callable[[], float],
         max_fence: int,
+        stale_window: float = 0.0,
     ) -> None:
+        self.stale_window = float(stale_window)
+        self.suspended = False
+        self.fraction = 0.0
+        self.handler: Callable[[Hashable], object] | None = None
         self.max_weight = max_weight
         self.default_ttl = math.inf if default_ttl is None else float(default_ttl)
         self.clock = clock
@@ -93,28 +103,62 @@ class Model:
     # reads
     def get(self, key: Hashable, default: Any = None) -> Any:
         i = self._index(key)
-        if i is None:
+        if i is None or self.suspended:
             self.counts["misses"] += 1
             return default
-        if self.clock() >= self.items[i][3]:
-            del self.items[i]
-            self.counts["expirations"] += 1
-            self.counts["misses"] += 1
-            return default
-        item = self.items.pop(i)
-        self.items.insert(0, item)
+        item = self.items[i]
+        if item[3] != math.inf:
+            now = self.clock()
+            if now >= item[3]:
+                self.counts["misses"] += 1
+                if now >= item[6]:  # past the stale window too: removed
+                    del self.items[i]
+                    self.counts["expirations"] += 1
+                return default
+        else:
+            now = -math.inf
+        self.items.insert(0, self.items.pop(i))
         self.counts["hits"] += 1
+        if now >= item[5]:  # due for refresh-ahead: called once
+            item[5] = item[3]
+            if self.handler is not None:
+                self.handler(key)
         return item[1]
 
     def peek(self, key: Hashable, default: Any = None) -> Any:
         i = self._index(key)
-        if i is None:
+        if i is None or self.suspended:
             return default
-        if self.clock() >= self.items[i][3]:
-            del self.items[i]
-            self.counts["expirations"] += 1
+        now = self.clock() if self.items[i][3] != math.inf else -math.inf
+        if now >= self.items[i][3]:
+            if now >= self.items[i][6]:
+                del self.items[i]
+                self.counts["expirations"] += 1
             return default
         return self.items[i][1]
+
+    def get_stale(
+        self, key: Hashable, max_age: float, default: Any = None, *, expired: bool = True
+    ) -> Any:
+        i = self._index(key)
+        if i is None:
+            return default
+        item, now = self.items[i], self.clock()
+        if now - item[4] < max_age and (expired or now < item[3]):
+            return item[1]
+        return default
+
+    def suspend(self) -> None:
+        self.suspended = True
+
+    def resume(self) -> None:
+        self.suspended = False
+
+    def set_refresh_ahead(
+        self, fraction: float, handler: Callable[[Hashable], object] | None
+    ) -> None:
+        self.fraction = float(fraction) if handler is not None else 0.0
+        self.handler = handler if self.fraction else None
 
     def __contains__(self, key: Hashable) -> bool:
         marker = object()
@@ -129,7 +173,7 @@ class Model:
     # writes
     def purge_expired(self) -> int:
         now = self.clock()
-        live = [item for item in self.items if now < item[3]]
+        live = [item for item in self.items if now < item[6]]
         n = len(self.items) - len(live)
         self.items = live
         self.counts["expirations"] += n
@@ -149,7 +193,11 @@ class Model:
         while self.weight + weight > self.max_weight:
             self.items.pop()
             self.counts["evictions"] += 1
-        self.items.insert(0, [key, value, weight, now + ttl])
+        exp = now + ttl
+        keep = self.stale_window
+        purge = exp if keep <= ttl else now + keep
+        due = now + ttl * (1.0 - self.fraction) if self.fraction and exp != math.inf else exp
+        self.items.insert(0, [key, value, weight, exp, now, due, purge])
         self.counts["inserts"] += 1
         return True
 
@@ -280,17 +328,23 @@ class CacheMachine(RuleBasedStateMachine):
         self.caches: list[Any] = []
         self.model: Model | None = None
         self.tokens: list[int] = []
+        #: The refresh-ahead handler's calls, per cache (the model's last).
+        self.due: list[list[Hashable]] = []
 
     @initialize(
         max_weight=st.integers(0, 12),
         default_ttl=st.sampled_from([None, 1.0, 3.0, math.inf]),
         max_fence=st.integers(0, 4),
+        stale_window=st.sampled_from([0.0, 0.0, 0.5, 2.0, 6.0]),
     )
-    def create(self, max_weight: int, default_ttl: float | None, max_fence: int) -> None:
+    def create(
+        self, max_weight: int, default_ttl: float | None, max_fence: int, stale_window: float
+    ) -> None:
         type(self).examples += 1
-        kwargs = {"clock": self.clock, "max_fence": max_fence}
+        kwargs = {"clock": self.clock, "max_fence": max_fence, "stale_window": stale_window}
         self.caches = [cls(max_weight, default_ttl, **kwargs) for cls in self.implementations]
         self.model = Model(max_weight, default_ttl, **kwargs)
+        self.due = [[] for _ in range(len(self.caches) + 1)]
 
     def apply(self, op: Callable[[Any], Any]) -> Any:
         assert self.model is not None
@@ -379,6 +433,46 @@ class CacheMachine(RuleBasedStateMachine):
     def end_fill(self) -> None:
         self.apply(lambda c: c.end_fill())
 
+    @rule(key=keys, max_age=st.sampled_from([0.0, 0.25, 1.0, 3.0, 10.0]))
+    def get_stale(self, key: Hashable, max_age: float) -> None:
+        self.apply(lambda c: c.get_stale(key, max_age, "missing"))
+
+    # Reads of a key the cache holds (random keys mostly miss): these reach expired,
+    # kept (stale window) and due (refresh-ahead) entries.
+    def _held(self, pick: int) -> Hashable:
+        assert self.model is not None
+        return self.model.keys()[pick % len(self.model)]
+
+    @precondition(lambda self: self.model is not None and len(self.model) > 0)
+    @rule(pick=st.integers(0, 100), dt=st.sampled_from([0.0, 0.2, 0.5, 1.0, 3.0]),
+          times=st.integers(1, 2))
+    def get_held(self, pick: int, dt: float, times: int) -> None:
+        key = self._held(pick)
+        self.clock.t += dt
+        for _ in range(times):
+            self.apply(lambda c: c.get(key, "missing"))
+
+    @precondition(lambda self: self.model is not None and len(self.model) > 0)
+    @rule(pick=st.integers(0, 100), max_age=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
+          dt=st.sampled_from([0.0, 0.5, 1.0, 3.0]), read=st.sampled_from(["stale", "peek"]))
+    def read_held(self, pick: int, max_age: float, dt: float, read: str) -> None:
+        key = self._held(pick)
+        self.clock.t += dt
+        if read == "stale":
+            self.apply(lambda c: c.get_stale(key, max_age, "missing", expired=dt != 1.0))
+        else:
+            self.apply(lambda c: c.peek(key, "missing"))
+
+    @rule(on=st.booleans())
+    def suspend(self, on: bool) -> None:
+        self.apply(lambda c: c.suspend() if on else c.resume())
+
+    @rule(fraction=st.sampled_from([0.0, 0.25, 0.5, 0.9]), handler=st.booleans())
+    def set_refresh_ahead(self, fraction: float, handler: bool) -> None:
+        assert self.model is not None
+        for calls, c in zip(self.due, [*self.caches, self.model], strict=True):
+            c.set_refresh_ahead(fraction, calls.append if handler else None)
+
     @rule()
     def reset_stats(self) -> None:
         self.apply(lambda c: c.reset_stats())
@@ -400,6 +494,31 @@ class CacheMachine(RuleBasedStateMachine):
             assert got == expected, type(cache).__module__
             assert cache.weight == model.weight
             assert cache.weight <= cache.max_weight
+        assert all(calls == self.due[-1] for calls in self.due), self.due
+
+
+class StaleMachine(CacheMachine):
+    """The same rules on caches where entries fit and live long enough to expire, be
+    kept by the stale window and fall due for refresh-ahead (the random budgets above
+    reject most entries)."""
+
+    @initialize(
+        max_weight=st.integers(10, 40),
+        default_ttl=st.sampled_from([0.5, 1.0, 3.0]),
+        max_fence=st.integers(0, 4),
+        stale_window=st.sampled_from([0.0, 0.5, 2.0, 6.0]),
+        fraction=st.sampled_from([0.0, 0.25, 0.5]),
+    )
+    def create(  # type: ignore[override]
+        self, max_weight: int, default_ttl: float, max_fence: int, stale_window: float,
+        fraction: float,
+    ) -> None:
+        super().create(max_weight, default_ttl, max_fence, stale_window)
+        self.set_refresh_ahead(fraction, True)
+
+    @rule(key=keys, value=values, weight=st.integers(0, 5), ttl=ttls)
+    def set_light(self, key: Hashable, value: int, weight: int, ttl: float | None) -> None:
+        self.apply(lambda c: c.set(key, value, weight, ttl))
 
 
 def implementations() -> tuple[Any, ...]:
@@ -426,6 +545,22 @@ def test_state_machine() -> None:
         ),
     )
     assert CacheMachine.examples >= MAX_EXAMPLES
+
+
+def test_state_machine_stale_and_refresh() -> None:
+    StaleMachine.implementations = implementations()
+    StaleMachine.examples = 0
+    run_state_machine_as_test(
+        StaleMachine,
+        settings=settings(
+            max_examples=MAX_EXAMPLES // 2,
+            stateful_step_count=STEPS,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+    assert StaleMachine.examples >= MAX_EXAMPLES // 2
 
 
 def test_model_replay(lru_cls: Any) -> None:

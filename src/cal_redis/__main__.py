@@ -29,7 +29,13 @@ from .config import MB, WARMABLE, CacheConfig, resolve_url
 from .embedded import EmbeddedRedis, find_server_binary
 from .errors import CalRedisError, ConfigurationError
 from .models import Account, Device, Region, User, now_ms
-from .remote import REDIS_PY_VERSION, Remote, hiredis_available, hiredis_packs_commands
+from .remote import (
+    REDIS_PY_VERSION,
+    Remote,
+    SentinelRemote,
+    hiredis_available,
+    hiredis_packs_commands,
+)
 
 __all__ = ("main",)
 
@@ -169,6 +175,11 @@ async def _doctor(url: str | None, embedded: bool) -> int:
         async with await CallableCache.connect(url) as cache:
             version = await cache.remote.server_version()
             print(f"redis server     {version} at {cache.remote.safe_url} (supported: {supported_servers()})")
+            remote = cache.remote
+            if isinstance(remote, SentinelRemote):
+                asked = ", ".join(f"{h}:{p}" for h, p in remote.parsed.sentinels)
+                print(f"sentinel         service {remote.parsed.service}: primary "
+                      f"{remote.primary_name} (asked the sentinels {asked})")
     except ConfigurationError as err:
         print(f"redis server     UNSUPPORTED: {err}")
         return 1
@@ -189,8 +200,9 @@ _DOCTOR_HELP = (
     "Print the cal-redis and Python versions, which L1 is active and why, whether "
     "hiredis parses replies and packs commands, and the server reached: the one of "
     "--url, else of $CAL_VALKEY_HOST; with --embedded, a private server started for the "
-    "check. Exit status: 0 healthy; 1 server unreachable or older than supported; 2 no "
-    "server configured."
+    "check. A redis+sentinel:// URL also prints the primary the sentinels named. Exit "
+    "status: 0 healthy; 1 server unreachable or older than supported; 2 no server "
+    "configured."
 )
 
 
@@ -404,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=_DOCTOR_HELP,
     )
     where = p_doc.add_mutually_exclusive_group()
-    where.add_argument("--url", help="the Redis URL to check (default: $CAL_VALKEY_HOST)")
+    where.add_argument("--url", help="the Redis URL to check (default: $CAL_VALKEY_HOST): "
+                       "redis://, rediss://, unix://, redis+cluster:// or redis+sentinel://")
     where.add_argument("--embedded", action="store_true",
                        help="check against a private server started for the check")
     p_ins = sub.add_parser(

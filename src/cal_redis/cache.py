@@ -32,7 +32,7 @@ from .errors import CalRedisError, ConfigurationError
 from .keys import KeyBuilder
 from .layout import check_key_style
 from .local import LocalTier
-from .remote import Remote, open_remote
+from .remote import Remote, SentinelRemote, open_remote
 from .sync import Dispatcher, Hub, Subscriber
 
 if TYPE_CHECKING:
@@ -82,6 +82,9 @@ class CallableCache(
         dispatcher = Dispatcher(
             ctx, hub := Hub(), {e.spec.kind: (e, e.spec.scoped) for e in self._engines}
         )
+        # Hold L1 on a loss of the event subscription (instead of flushing it) when a
+        # held entry can be used: served stale while Redis cannot be reached.
+        dispatcher.hold_on_loss |= config.serves_stale
         self._sync = Subscriber(ctx, dispatcher, hub)
         #: What this cache's metrics are read from (cal_redis.metrics).
         self._metrics = metrics.Sources(config, ctx.local, remote, dispatcher, hub, self._engines)
@@ -119,23 +122,54 @@ class CallableCache(
         return self._ctx.instance_id
 
     @classmethod
-    async def connect(cls, url: str | None = None, *, config: CacheConfig | None = None) -> CallableCache:
+    async def connect(
+        cls, url: str | None = None, *, config: CacheConfig | None = None,
+        client: Redis | None = None, **redis_options: Any,
+    ) -> CallableCache:
         """Connect to Redis at ``url`` (default: ``$CAL_VALKEY_HOST``) and check it answers.
 
         ``redis+cluster://host:port[,host:port...]`` (or a server reporting
-        ``cluster_enabled:1``) connects to a Redis Cluster (docs/deployment.md). The
-        key style recorded in Redis is checked against this cache's (see
-        :mod:`cal_redis.layout`).
+        ``cluster_enabled:1``) connects to a Redis Cluster, and
+        ``redis+sentinel://sentinel:26379[,...]/<service>[/<db>]`` to the primary Redis
+        Sentinel names, followed across failovers (docs/deployment.md). The key style
+        recorded in Redis is checked against this cache's (see :mod:`cal_redis.layout`).
 
-        Raises :class:`~cal_redis.errors.ConfigurationError` when no URL is known, the
-        server is older than the library supports (Redis 7.0, Valkey 8.0; see
-        docs/configuration.md, "Servers"), or the topology or key style does not match
-        the server's, and
-        :class:`~cal_redis.errors.ConnectionError` when Redis cannot be reached.
+        ``redis_options`` go to every redis-py connection the cache makes: TLS
+        (``ssl=True``, ``ssl_ca_certs=...``, the other ``ssl_*`` options),
+        ``credential_provider``, ``username``/``password``, ``client_name``, socket
+        options... Options that would break the library's guarantees are refused
+        (anything that makes redis-py re-send commands, ``decode_responses=True``,
+        another ``protocol``), as are those :class:`~cal_redis.config.CacheConfig` owns
+        (``max_connections``, the timeouts) and unknown names; see
+        docs/configuration.md, "Connection options".
+
+        ``client``: an existing ``redis.asyncio.Redis`` (one server; not a cluster or
+        Sentinel client) the cache runs its commands on, through that client's own
+        pool, which it neither changes nor closes; the event subscriber gets a
+        connection of its own with the same parameters. A client that retries commands
+        (a ``Retry`` with retries, ``retry_on_error``) or decodes replies is refused;
+        ``client`` excludes ``url`` and ``redis_options``.
+
+        Raises :class:`~cal_redis.errors.ConfigurationError` (before any I/O for the
+        URL, the options and the client) when no URL is known, an option or the client
+        is refused, the server is older than the library supports (Redis 7.0, Valkey
+        8.0; see docs/configuration.md, "Servers"), or the topology or key style does
+        not match the server's, and :class:`~cal_redis.errors.ConnectionError` when
+        Redis cannot be reached.
         """
         configure_logging()
         config = config or CacheConfig()
-        remote = await open_remote(resolve_url(url), config)
+        if client is not None:
+            if url is not None or redis_options:
+                raise ConfigurationError(
+                    "client= replaces the URL and the connection options: give either an "
+                    f"existing client or a URL with options (got {'a URL' if url else ''}"
+                    f"{' and ' if url and redis_options else ''}"
+                    f"{', '.join(sorted(redis_options))})"
+                )
+            remote = await open_remote("", config, client=client)
+        else:
+            remote = await open_remote(resolve_url(url), config, options=redis_options)
         try:
             check_server_version(await remote.server_info(), remote.safe_url)
             if remote.is_cluster and config.cluster is False:
@@ -149,6 +183,8 @@ class CallableCache(
                     warnings.simplefilter("ignore", DeprecationWarning)
                     config = replace(config, cluster=remote.is_cluster)
             self = cls(remote, config)
+            if isinstance(remote, SentinelRemote):
+                remote.on_primary_change(self._primary_changed)
             await check_key_style(remote, self._ctx.keys)
         except BaseException:
             await remote.close()
@@ -195,6 +231,15 @@ class CallableCache(
             finally:
                 await cache.close()
 
+    def _primary_changed(self, reason: str) -> None:
+        """Another server became the primary (Redis Sentinel): L1 may hold writes the old
+        one acknowledged and the new one never got. Flush it now (in-flight fills are
+        fenced out); the event subscriber, moved to the new primary, flushes it again
+        and keeps it bypassed until it is subscribed there."""
+        dropped = self._ctx.local.flush_all()
+        log.info("L1 flushed (failover) on instance %s: %d entries; %s",
+                 self.instance_id[:12], dropped, reason)
+
     async def close(self) -> None:
         """Stop the subscriber, flush L1 and close every connection (idempotent).
 
@@ -204,6 +249,8 @@ class CallableCache(
             return
         metrics.detach(self._metrics)
         try:
+            for engine in self._engines:  # refresh-ahead reads in flight: cancelled
+                await engine.refresher.close()
             await self._sync.stop()
         finally:
             await self._ctx.remote.close()
@@ -229,12 +276,17 @@ class CallableCache(
         return client
 
     def stats(self) -> dict[str, Any]:
-        """L1 figures per namespace, L2 round trips/errors/retries, single-flight joins."""
+        """L1 figures per namespace, L2 round trips/errors/retries, single-flight joins,
+        values served stale on error, refresh-ahead reads (done, failed) and the sync."""
+        engines = self._engines
         return {
             "l1": self.local.stats(),
             "l1_implementation": self.local.implementation,
             "l2": self.remote.stats(),
-            "single_flight_joins": sum(e.joins for e in self._engines),
+            "single_flight_joins": sum(e.joins for e in engines),
+            "stale_serves": sum(e.stale_serves for e in engines),
+            "refreshes": sum(e.refresher.refreshes for e in engines),
+            "refresh_errors": sum(e.refresher.errors for e in engines),
             "sync": self._sync.snapshot().as_dict(),
         }
 

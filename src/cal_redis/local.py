@@ -7,6 +7,10 @@ memory from the byte length of its JSON as read from Redis, with a formula
 calibrated per namespace (:class:`~cal_redis.config.EntryWeight`): within 20 % of
 what tracemalloc measures for the compiled L1. Each namespace's budget holds at all
 times.
+
+With serve-stale on error (``CacheConfig.stale_if_error``), each namespace keeps
+expired entries for its stale window (``LRUCache(stale_window=...)``): in the budget,
+evicted like any other, never served by ``get``, read only by ``get_stale``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ class LocalTier:
         for name in namespaces:
             budget = config.budget(name)
             max_bytes = budget.max_bytes if config.local_cache else 0
-            self._caches[name] = LRUCache(max_bytes, budget.ttl)
+            self._caches[name] = LRUCache(
+                max_bytes, budget.ttl, stale_window=config.stale_if_error_for(name)
+            )
             weight = config.entry_weight(name)
             self._base[name] = weight.base
             self._per_byte[name] = weight.per_byte

@@ -114,7 +114,8 @@ class Sources:
     remote: Remote
     dispatcher: Dispatcher
     hub: Hub
-    #: Objects with a ``joins`` count (the single-flight engines).
+    #: The engines: ``joins`` (single-flight), ``stale_serves``, ``refresher`` and
+    #: ``spec.namespace``.
     engines: Sequence[Any]
     #: ``db.system.name``, ``server.address`` and ``server.port`` of the server.
     server: Attrs = ()
@@ -169,6 +170,13 @@ def _sync(attr: str) -> Callable[[Sources], Reading]:
 
 def _joins(src: Sources) -> Reading:
     return [((), sum(e.joins for e in src.engines))]
+
+
+def _per_engine(count: Callable[[Any], int]) -> Callable[[Sources], Reading]:
+    def read(src: Sources) -> Reading:
+        return [(((NAMESPACE, e.spec.namespace),), count(e)) for e in src.engines]
+
+    return read
 
 
 def _dropped(src: Sources) -> Reading:
@@ -238,6 +246,15 @@ METRICS: Final[tuple[Metric, ...]] = (
            "Estimated bytes held by L1 entries (their weight)", _L1, _l1("weight")),
     Metric("cal_redis.l1.memory.limit", "updowncounter", "By",
            "The L1 byte budget", _L1, _l1("max_weight")),
+    Metric("cal_redis.l1.stale_serves", "counter", "{read}",
+           "Reads answered with a stale L1 value because Redis could not be reached", _L1,
+           _per_engine(lambda e: e.stale_serves)),
+    Metric("cal_redis.l1.refreshes", "counter", "{refresh}",
+           "Refresh-ahead reads of L1 entries hit in the last part of their TTL", _L1,
+           _per_engine(lambda e: e.refresher.refreshes)),
+    Metric("cal_redis.l1.refresh_errors", "counter", "{refresh}",
+           "Refresh-ahead reads that failed (the entry stays until its TTL)", _L1,
+           _per_engine(lambda e: e.refresher.errors)),
     Metric("cal_redis.l2.reads", "counter", "{read}",
            "Idempotent reads sent to Redis (first attempts and retries)", _SERVER,
            _l2("reads")),

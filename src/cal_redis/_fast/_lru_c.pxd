@@ -13,10 +13,13 @@ cdef class _Entry:
     cdef object value
     cdef Py_ssize_t weight        # -1 once the entry has been detached from the cache
     cdef double expires_at        # INFINITY = never expires (then not in the expiry list)
+    cdef double stored_at         # when it was stored (get_stale's age)
+    cdef double refresh_at        # due for refresh-ahead from then (= expires_at: not due)
+    cdef double purge_at          # kept until then (>= expires_at; the expiry list's order)
     cdef PyObject* prev           # LRU list, towards the most recent end (head)
     cdef PyObject* next           # LRU list, towards the least recent end (tail)
-    cdef PyObject* eprev          # expiry list, towards the soonest deadline (head)
-    cdef PyObject* enext          # expiry list, towards the latest deadline (tail)
+    cdef PyObject* eprev          # expiry list, towards the soonest purge_at (head)
+    cdef PyObject* enext          # expiry list, towards the latest purge_at (tail)
 
 
 @cython.final
@@ -24,8 +27,8 @@ cdef class LRUCache:
     cdef dict _map                # key -> _Entry (owns the entries)
     cdef PyObject* _head          # most recently used
     cdef PyObject* _tail          # least recently used
-    cdef PyObject* _ehead         # soonest finite deadline
-    cdef PyObject* _etail         # latest finite deadline
+    cdef PyObject* _ehead         # soonest finite purge_at
+    cdef PyObject* _etail         # latest finite purge_at
     cdef object _clock            # user clock, or None for the built-in C clock
     cdef bint _c_clock
     cdef double _default_ttl      # INFINITY = never expires
@@ -38,6 +41,9 @@ cdef class LRUCache:
     cdef Py_ssize_t _max_fence
     cdef dict _fence
     cdef bint _suspended          # every entry reads as a miss (kept)
+    cdef double _stale_window     # seconds an entry is kept after its store (get_stale)
+    cdef double _due_frac         # refresh-ahead fraction of the TTL (0: off)
+    cdef object _on_due           # refresh-ahead handler, or None
     # counters
     cdef readonly unsigned long long hits
     cdef readonly unsigned long long misses
@@ -60,6 +66,7 @@ cdef class LRUCache:
     cdef object _store(self, object key, object value, Py_ssize_t w, double ttl)
     cdef int _remove_key(self, object key) except -1
     cdef object _get(self, object key, object default)
+    cdef object _due(self, PyObject* p, object key)
     cdef object _lookup_live(self, object key, object missing, bint touch)
     cdef dict _drop_all(self)
     cdef list _keys(self)

@@ -12,9 +12,11 @@ intrusive doubly-linked lists through *borrowed* ``PyObject*`` links, so moving 
 costs a handful of pointer writes and no reference counting:
 
 * the LRU list (``_head`` = most recent ... ``_tail`` = least recent);
-* the expiry list, ordered by ``expires_at`` (``_ehead`` = soonest deadline). New entries
-  are inserted from the tail walking backwards, so a uniform TTL costs O(1). Entries that
-  never expire are not linked on it at all (they would sit at its end and never be popped).
+* the expiry list, ordered by ``purge_at`` (``_ehead`` = soonest), the time an entry is
+  removed: its deadline ``expires_at``, or later when the stale window keeps it longer
+  (``max(expires_at, stored_at + stale_window)``). New entries are inserted from the tail
+  walking backwards, so a uniform TTL costs O(1). Entries that never expire are not
+  linked on it at all (they would sit at its end and never be popped).
 
 Re-entrancy: removing an entry can free its value, and freeing a value can run arbitrary
 Python code (``__del__``, weakref callbacks) that may call back into this cache. Removed
@@ -137,6 +139,26 @@ cdef double _parse_ttl(object ttl, str name) except -1.0:
     return t
 
 
+cdef double _parse_seconds(object value, str name) except -1.0:
+    cdef double t
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    t = value
+    if not (0.0 <= t < INFINITY):
+        raise ValueError(f"{name} must be >= 0 seconds and finite, got {value!r}")
+    return t
+
+
+cdef double _parse_fraction(object value) except -1.0:
+    cdef double f
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"fraction must be a number, not {type(value).__name__}")
+    f = value
+    if not (0.0 <= f < 1.0):
+        raise ValueError(f"fraction must be >= 0 and < 1 (0: off), got {value!r}")
+    return f
+
+
 cdef long long _parse_token(object token) except? -1:
     if not isinstance(token, int):
         raise TypeError(f"token must be an int, not {type(token).__name__}")
@@ -173,13 +195,19 @@ cdef class LRUCache:
         self._default_ttl = INFINITY
         self._max_fence = 65536
         self._suspended = False
+        self._stale_window = 0.0
+        self._due_frac = 0.0
+        self._on_due = None
 
-    def __init__(self, max_weight, default_ttl=None, *, clock=None, max_fence=65536):
+    def __init__(self, max_weight, default_ttl=None, *, clock=None, max_fence=65536,
+                 stale_window=0.0):
         cdef Py_ssize_t mw = _check_size(max_weight, "max_weight")
         cdef Py_ssize_t mf = _check_size(max_fence, "max_fence")
         cdef double dt = INFINITY
+        cdef double keep
         if default_ttl is not None:
             dt = _parse_ttl(default_ttl, "default_ttl")
+        keep = _parse_seconds(stale_window, "stale_window")
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable or None, not {type(clock).__name__}")
         old = self._drop_all()
@@ -193,6 +221,9 @@ cdef class LRUCache:
         self._inflight = 0
         self._fence = {}
         self._suspended = False
+        self._stale_window = keep
+        self._due_frac = 0.0
+        self._on_due = None
         self._zero_stats()
         del old
 
@@ -240,11 +271,11 @@ cdef class LRUCache:
         (<_Entry>p).enext = NULL
 
     cdef inline void _exp_insert(self, PyObject* p) noexcept:
-        # Walk back from the tail past every later deadline: O(1) for a uniform TTL.
-        cdef double t = (<_Entry>p).expires_at
+        # Walk back from the tail past every later purge_at: O(1) for a uniform TTL.
+        cdef double t = (<_Entry>p).purge_at
         cdef PyObject* q = self._etail
         cdef PyObject* nxt
-        while q is not NULL and (<_Entry>q).expires_at > t:
+        while q is not NULL and (<_Entry>q).purge_at > t:
             q = (<_Entry>q).eprev
         (<_Entry>p).eprev = q
         if q is NULL:
@@ -262,7 +293,7 @@ cdef class LRUCache:
     cdef int _detach(self, PyObject* p, PyObject** grave) except -1:
         """Unlink and remove one entry; park it on ``grave`` (caller releases it)."""
         self._lru_unlink(p)
-        if (<_Entry>p).expires_at != INFINITY:
+        if (<_Entry>p).purge_at != INFINITY:
             self._exp_unlink(p)
         self._weight -= (<_Entry>p).weight
         (<_Entry>p).weight = -1
@@ -275,7 +306,7 @@ cdef class LRUCache:
 
     cdef Py_ssize_t _purge(self, double now, PyObject** grave) except -1:
         cdef Py_ssize_t n = 0
-        while self._ehead is not NULL and (<_Entry>self._ehead).expires_at <= now:
+        while self._ehead is not NULL and (<_Entry>self._ehead).purge_at <= now:
             self._detach(self._ehead, grave)
             n += 1
         self.expirations += <unsigned long long>n
@@ -306,10 +337,10 @@ cdef class LRUCache:
         cdef PyObject* p
         cdef _Entry e
         cdef object old_value = None
-        cdef double exp
+        cdef double exp, purge, due
         p = PyDict_GetItemWithError(self._map, key)  # TypeError if unhashable
         try:
-            if self._ehead is not NULL and (<_Entry>self._ehead).expires_at <= now:
+            if self._ehead is not NULL and (<_Entry>self._ehead).purge_at <= now:
                 if self._purge(now, &grave):
                     p = PyDict_GetItemWithError(self._map, key)
             if self._bump(key):
@@ -320,6 +351,10 @@ cdef class LRUCache:
                     self._detach(p, &grave)
                 return False
             exp = now + ttl
+            purge = exp if self._stale_window <= ttl else now + self._stale_window
+            due = exp  # never due (one comparison on a hit covers deadline and refresh)
+            if self._due_frac != 0.0 and exp != INFINITY:
+                due = now + ttl * (1.0 - self._due_frac)
             if p is not NULL:
                 # Replace in place: the entry object (and the dict slot) are reused.
                 e = <_Entry>p
@@ -334,11 +369,14 @@ cdef class LRUCache:
                 e.weight = w
                 old_value = e.value  # released on return, once consistent
                 e.value = value
-                if e.expires_at != exp:
-                    if e.expires_at != INFINITY:
+                e.expires_at = exp
+                e.stored_at = now
+                e.refresh_at = due
+                if e.purge_at != purge:
+                    if e.purge_at != INFINITY:
                         self._exp_unlink(p)
-                    e.expires_at = exp
-                    if exp != INFINITY:
+                    e.purge_at = purge
+                    if purge != INFINITY:
                         self._exp_insert(p)
             else:
                 while self._weight > self._max_weight - w and self._tail is not NULL:
@@ -349,10 +387,13 @@ cdef class LRUCache:
                 e.value = value
                 e.weight = w
                 e.expires_at = exp
+                e.stored_at = now
+                e.refresh_at = due
+                e.purge_at = purge
                 PyDict_SetItem(self._map, key, e)
                 p = <PyObject*>e
                 self._lru_push_front(p)
-                if exp != INFINITY:
+                if purge != INFINITY:
                     self._exp_insert(p)
                 self._weight += w
             self.inserts += 1
@@ -388,10 +429,12 @@ cdef class LRUCache:
                     self.misses += 1
                 return missing
             if now >= e.expires_at:
-                self._detach(p, &grave)
-                self.expirations += 1
                 if touch:
                     self.misses += 1
+                if now < e.purge_at:  # kept for get_stale
+                    return missing
+                self._detach(p, &grave)
+                self.expirations += 1
                 _release(grave)
                 return missing
         if touch:
@@ -453,10 +496,14 @@ cdef class LRUCache:
                 if held.weight < 0:
                     self.misses += 1
                     return default
-            if now >= (<_Entry>p).expires_at:
+            if now >= (<_Entry>p).refresh_at:  # refresh_at <= expires_at
+                if now < (<_Entry>p).expires_at:
+                    return self._due(p, key)
+                self.misses += 1
+                if now < (<_Entry>p).purge_at:  # kept for get_stale, never served here
+                    return default
                 self._detach(p, &grave)
                 self.expirations += 1
-                self.misses += 1
                 _release(grave)
                 return default
         if p != self._head:
@@ -464,6 +511,20 @@ cdef class LRUCache:
             self._lru_push_front(p)
         self.hits += 1
         return (<_Entry>p).value
+
+    cdef object _due(self, PyObject* p, object key):
+        """A live hit on an entry due for refresh: bump it, mark it called, call the
+        handler (which may run any code: the value is held first)."""
+        cdef object value = (<_Entry>p).value
+        if p != self._head:
+            self._lru_unlink(p)
+            self._lru_push_front(p)
+        self.hits += 1
+        (<_Entry>p).refresh_at = (<_Entry>p).expires_at  # called: not due again
+        handler = self._on_due
+        if handler is not None:
+            handler(key)
+        return value
 
     def get(self, key, default=None):
         """Return the live value for ``key`` (bumping it to most recent), else ``default``."""
@@ -508,6 +569,46 @@ cdef class LRUCache:
         """True between :meth:`suspend` and :meth:`resume`."""
         return self._suspended
 
+    def get_stale(self, key, max_age, default=None, *, bint expired=True):
+        """The value of ``key`` if stored less than ``max_age`` s ago, expired or not
+        (with ``expired=False``: only while live)."""
+        cdef PyObject* p
+        cdef _Entry held
+        cdef double age, now
+        if not isinstance(max_age, (int, float)):
+            raise TypeError(f"max_age must be a number of seconds, not {type(max_age).__name__}")
+        age = max_age
+        if not (age >= 0.0):
+            raise ValueError(f"max_age must be >= 0 seconds, got {max_age!r}")
+        p = PyDict_GetItemWithError(self._map, key)
+        if p is NULL:
+            return default
+        held = <_Entry>p  # a user clock runs Python code: keep the entry alive
+        now = self._now()
+        if held.weight >= 0 and now - held.stored_at < age and (expired or now < held.expires_at):
+            return held.value
+        return default
+
+    def set_refresh_ahead(self, fraction, handler):
+        """Turn refresh-ahead on (a fraction in (0, 1) and a handler) or off."""
+        cdef double frac = _parse_fraction(fraction)
+        if handler is not None and not callable(handler):
+            raise TypeError(f"handler must be callable or None, not {type(handler).__name__}")
+        if handler is None:
+            frac = 0.0
+        self._due_frac = frac
+        self._on_due = handler if frac != 0.0 else None
+
+    @property
+    def refresh_fraction(self):
+        """The refresh-ahead fraction (0.0: off)."""
+        return self._due_frac
+
+    @property
+    def stale_window(self):
+        """Seconds entries are kept after their store for :meth:`get_stale` (0.0: none)."""
+        return self._stale_window
+
     # ------------------------------------------------------------------ writes
 
     def set(self, key, value, weight, ttl=None):
@@ -521,7 +622,7 @@ cdef class LRUCache:
         return self._store(key, value, w, t)
 
     def purge_expired(self):
-        """Remove every expired entry now; return how many were removed."""
+        """Remove every expired entry now (but those the stale window keeps); return how many."""
         cdef PyObject* grave = NULL
         cdef Py_ssize_t n
         cdef double now = self._now()

@@ -29,9 +29,11 @@ _MISSING: Final = object()
 _LLONG_MIN: Final = -(2**63)
 _LLONG_MAX: Final = 2**63 - 1
 
-#: ``(value, weight, expires_at)``; a fresh tuple per store, so identity tells versions apart.
-_Entry = tuple[Any, int, float]
-#: ``(expires_at, sequence, key, entry)``; the sequence number keeps keys out of comparisons.
+#: ``(value, weight, expires_at, stored_at, refresh_at, purge_at)``; a fresh tuple per
+#: store, so identity tells versions apart. ``refresh_at <= expires_at <= purge_at``:
+#: ``refresh_at == expires_at`` unless a refresh-ahead call is pending.
+_Entry = tuple[Any, int, float, float, float, float]
+#: ``(purge_at, sequence, key, entry)``; the sequence number keeps keys out of comparisons.
 _HeapItem = tuple[float, int, Hashable, _Entry]
 
 
@@ -70,6 +72,25 @@ def _parse_ttl(ttl: object, name: str) -> float:
     if not t > 0.0:  # also rejects NaN
         raise ValueError(f"{name} must be > 0 (or None / math.inf: never expires), got {ttl!r}")
     return t
+
+
+def _parse_seconds(value: object, name: str) -> float:
+    """A finite number of seconds >= 0 (0 allowed)."""
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    t = float(value)
+    if not 0.0 <= t < _INF:  # also rejects NaN
+        raise ValueError(f"{name} must be >= 0 seconds and finite, got {value!r}")
+    return t
+
+
+def _parse_fraction(value: object) -> float:
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"fraction must be a number, not {type(value).__name__}")
+    f = float(value)
+    if not 0.0 <= f < 1.0:  # also rejects NaN
+        raise ValueError(f"fraction must be >= 0 and < 1 (0: off), got {value!r}")
+    return f
 
 
 def _parse_token(token: object) -> int:
@@ -137,6 +158,25 @@ class LRUCache:
     not fence: a fill landing after them restores a value that was still current.
     ``set_if_fresh`` must be called before the matching ``end_fill``.
 
+    **Stale window.** With ``stale_window=W`` seconds, an entry stored at ``t0`` is kept
+    (not purged) until ``max(t0 + ttl, t0 + W)``, though never served by :meth:`get`,
+    :meth:`peek` or ``in`` once expired: those read it as missing, without removing it.
+    :meth:`get_stale` reads such an entry (and any entry while suspended) as long as it
+    is younger than the age it is given: the read of last resort when the source of
+    truth cannot be reached. A kept entry still counts in ``len()``, ``weight`` and
+    :meth:`keys`, is evicted by weight like any other, and is removed by invalidations;
+    it is counted in ``expirations`` when it is finally removed. ``W=0`` (the default)
+    keeps nothing past its TTL.
+
+    **Refresh-ahead.** After :meth:`set_refresh_ahead` with a fraction ``f`` and a
+    handler, an entry stored with a finite TTL ``ttl`` at ``t0`` is *due* from
+    ``t0 + ttl * (1 - f)``: the first :meth:`get` (or :meth:`get_many`) that finds it
+    live and due returns its value as usual and calls ``handler(key)`` once, just before
+    returning; later hits of the same stored entry do not call it again (a new store of
+    the key makes a new entry, due in its turn). The handler runs inside the ``get``:
+    it must be quick and must not raise (an exception propagates to the caller of
+    ``get``). Entries stored while refresh-ahead is off are never due.
+
     **Concurrency.** There is no lock: under the GIL each method call is atomic, since no
     method awaits or yields. Free-threaded (no-GIL) builds are out of scope for now.
     Keys may be any hashable objects (str, tuples, ...); an unhashable key raises
@@ -161,6 +201,7 @@ class LRUCache:
     __slots__ = (
         "_clock",
         "_default_ttl",
+        "_due_frac",
         "_evictions",
         "_expirations",
         "_fence",
@@ -175,9 +216,11 @@ class LRUCache:
         "_max_fence",
         "_max_weight",
         "_misses",
+        "_on_due",
         "_rejections",
         "_seq",
         "_stale_fills",
+        "_stale_window",
         "_suspended",
         "_weight",
     )
@@ -193,6 +236,7 @@ class LRUCache:
         *,
         clock: Callable[[], float] | None = None,
         max_fence: int = 65536,
+        stale_window: float = 0.0,
     ) -> None:
         """Create an empty cache.
 
@@ -204,15 +248,19 @@ class LRUCache:
                 the built-in monotonic clock (see the class docstring).
             max_fence: most keys the fence table may hold before it is emptied and the
                 floor raised (see *Fenced fills*).
+            stale_window: seconds an entry is kept after it was stored, even once
+                expired, for :meth:`get_stale` (see *Stale window*); 0: not kept.
 
         Raises:
-            TypeError: a size is not an int, ``default_ttl`` is not a number, or
-                ``clock`` is not callable.
-            ValueError: a size is negative or too large, or ``default_ttl`` is <= 0 or NaN.
+            TypeError: a size is not an int, ``default_ttl`` or ``stale_window`` is not
+                a number, or ``clock`` is not callable.
+            ValueError: a size is negative or too large, ``default_ttl`` is <= 0 or NaN,
+                or ``stale_window`` is negative, infinite or NaN.
         """
         max_weight = _check_size(max_weight, "max_weight")
         max_fence = _check_size(max_fence, "max_fence")
         ttl = _INF if default_ttl is None else _parse_ttl(default_ttl, "default_ttl")
+        keep = _parse_seconds(stale_window, "stale_window")
         if clock is not None and not callable(clock):
             raise TypeError(f"clock must be callable or None, not {type(clock).__name__}")
         self._map = OrderedDict()
@@ -228,6 +276,9 @@ class LRUCache:
         self._inflight = 0
         self._fence = {}
         self._suspended = False
+        self._stale_window = keep
+        self._due_frac = 0.0
+        self._on_due: Callable[[Hashable], object] | None = None
         self.reset_stats()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -298,6 +349,12 @@ class LRUCache:
                 self._weight -= old[1]
             return False
         exp = now + ttl
+        keep = self._stale_window
+        purge = exp if keep <= ttl else now + keep
+        frac = self._due_frac
+        # Due from ``due``; ``due == exp`` (the common case): never due, so one
+        # comparison on a hit covers both the deadline and refresh-ahead.
+        due = now + ttl * (1.0 - frac) if frac and exp != _INF else exp
         if old is not None:
             m.move_to_end(key)
             self._weight -= old[1]
@@ -307,12 +364,12 @@ class LRUCache:
             grave.append(evicted)
             self._weight -= evicted[1][1]
             self._evictions += 1
-        entry = (value, w, exp)
+        entry = (value, w, exp, now, due, purge)
         m[key] = entry
         self._weight += w
-        if exp != _INF:
+        if purge != _INF:
             heap = self._heap
-            heappush(heap, (exp, next(self._seq), key, entry))
+            heappush(heap, (purge, next(self._seq), key, entry))
             if len(heap) > 2 * len(m) + 64:
                 self._compact()
         self._inserts += 1
@@ -330,11 +387,43 @@ class LRUCache:
         entry = self._map.get(key)
         if entry is None or self._suspended:
             return missing
-        if entry[2] != _INF and float(self._clock()) >= entry[2]:
+        if entry[2] != _INF:
+            now = float(self._clock())
+            if now >= entry[2]:
+                if now < entry[5]:  # kept for get_stale
+                    return missing
+                del self._map[key]
+                self._weight -= entry[1]
+                self._expirations += 1
+                return missing
+        return entry[0]
+
+    def _late(self, key: Hashable, entry: _Entry, now: float, default: Any) -> Any:
+        """:meth:`get` of an entry past its refresh point (``now >= refresh_at``):
+        expired (a miss), else due for refresh (a hit)."""
+        if now >= entry[2]:
+            self._misses += 1
+            if now < entry[5]:  # kept for get_stale, never served here
+                return default
             del self._map[key]
             self._weight -= entry[1]
             self._expirations += 1
-            return missing
+            return default
+        return self._due(key, entry)
+
+    def _due(self, key: Hashable, entry: _Entry) -> Any:
+        """A live hit on an entry due for refresh: bump it, mark it called (its refresh
+        point moves to its deadline), call the handler."""
+        m = self._map
+        m.move_to_end(key)
+        self._hits += 1
+        called = (entry[0], entry[1], entry[2], entry[3], entry[2], entry[5])
+        m[key] = called
+        if called[5] != _INF:  # the heap finds entries by identity: list the new one
+            heappush(self._heap, (called[5], next(self._seq), key, called))
+        handler = self._on_due
+        if handler is not None:
+            handler(key)
         return entry[0]
 
     # ------------------------------------------------------------------ reads
@@ -344,7 +433,9 @@ class LRUCache:
 
         A hit makes the entry the most recently used and counts in ``hits``. A missing
         key counts in ``misses``; an expired entry is removed and counts in both
-        ``expirations`` and ``misses``.
+        ``expirations`` and ``misses`` (one kept by the stale window is not removed: it
+        counts in ``misses`` only). A hit on an entry due for refresh calls the
+        refresh-ahead handler (see *Refresh-ahead*).
 
         Raises:
             TypeError: ``key`` is unhashable.
@@ -354,13 +445,8 @@ class LRUCache:
         if entry is None or self._suspended:
             self._misses += 1
             return default
-        expires_at = entry[2]
-        if expires_at != _INF and float(self._clock()) >= expires_at:
-            del m[key]
-            self._weight -= entry[1]
-            self._expirations += 1
-            self._misses += 1
-            return default
+        if entry[2] != _INF and (now := float(self._clock())) >= entry[4]:
+            return self._late(key, entry, now, default)
         m.move_to_end(key)
         self._hits += 1
         return entry[0]
@@ -380,7 +466,8 @@ class LRUCache:
     def peek(self, key: Hashable, default: Any = None) -> Any:
         """Like :meth:`get`, without the recency bump and without counting a hit or miss.
 
-        An expired entry found is still removed and counted in ``expirations``.
+        An expired entry found is still removed and counted in ``expirations`` (unless
+        the stale window keeps it). Never calls the refresh-ahead handler.
         """
         return self._lookup_live(key, default)
 
@@ -420,6 +507,66 @@ class LRUCache:
         """True between :meth:`suspend` and :meth:`resume`."""
         return self._suspended
 
+    def get_stale(
+        self, key: Hashable, max_age: float, default: Any = None, *, expired: bool = True
+    ) -> Any:
+        """The value stored under ``key`` if it was stored less than ``max_age`` seconds
+        ago, expired, suspended or not; else ``default``. With ``expired=False`` an
+        entry past its TTL is not returned either (only a live one, held or not).
+
+        The read of last resort (serve-stale on error): no recency bump, no counter,
+        nothing removed. Only entries the stale window (or their TTL) still keeps can be
+        found: ``max_age`` beyond ``stale_window`` finds nothing more.
+
+        Raises:
+            TypeError: ``key`` is unhashable, or ``max_age`` is not a number.
+            ValueError: ``max_age`` is negative or NaN.
+        """
+        if not isinstance(max_age, (int, float)):
+            raise TypeError(f"max_age must be a number of seconds, not {type(max_age).__name__}")
+        age = float(max_age)
+        if not age >= 0.0:
+            raise ValueError(f"max_age must be >= 0 seconds, got {max_age!r}")
+        entry = self._map.get(key)
+        if entry is None:
+            return default
+        now = float(self._clock())
+        if now - entry[3] < age and (expired or now < entry[2]) and self._map.get(key) is entry:
+            return entry[0]
+        return default
+
+    def set_refresh_ahead(
+        self, fraction: float, handler: Callable[[Hashable], object] | None
+    ) -> None:
+        """Turn refresh-ahead on (``fraction`` in ``(0, 1)`` and a handler) or off
+        (``fraction`` 0 or ``handler`` None); see *Refresh-ahead*.
+
+        Entries are due from the last ``fraction`` of their TTL. The setting applies to
+        entries stored from now on; turning it off also stops calls for entries already
+        due.
+
+        Raises:
+            TypeError: ``fraction`` is not a number, or ``handler`` is not callable.
+            ValueError: ``fraction`` is not in ``[0, 1)``.
+        """
+        frac = _parse_fraction(fraction)
+        if handler is not None and not callable(handler):
+            raise TypeError(f"handler must be callable or None, not {type(handler).__name__}")
+        if handler is None:
+            frac = 0.0
+        self._due_frac = frac
+        self._on_due = handler if frac else None
+
+    @property
+    def refresh_fraction(self) -> float:
+        """The refresh-ahead fraction (0.0: off)."""
+        return self._due_frac
+
+    @property
+    def stale_window(self) -> float:
+        """Seconds entries are kept after their store for :meth:`get_stale` (0.0: none)."""
+        return self._stale_window
+
     # ------------------------------------------------------------------ writes
 
     def set(self, key: Hashable, value: Any, weight: int, ttl: float | None = None) -> bool:
@@ -449,7 +596,8 @@ class LRUCache:
         return self._store(key, value, w, t)
 
     def purge_expired(self) -> int:
-        """Remove every expired entry now; return how many were removed (``expirations``)."""
+        """Remove every expired entry now (but those the stale window still keeps);
+        return how many were removed (``expirations``)."""
         grave: list[Any] = []
         return self._purge(float(self._clock()), grave)
 

@@ -32,7 +32,8 @@ def _decode_state(raw: bytes, key: str, flow_id: str) -> FlowState:
 
 #: Flow states: account-scoped, read with their TTL.
 FLOW_STATE: TtlKeySpec[FlowState] = TtlKeySpec(
-    "FlowState", "flow_states", scoped=True, decode=_decode_state, with_ttl=True
+    "FlowState", "flow_states", scoped=True, decode=_decode_state, with_ttl=True,
+    redis_key=lambda k, a, f: k.flow_state(a, f),  # type: ignore[arg-type]
 )
 
 

@@ -32,6 +32,7 @@ TRUNK_IP: TtlKeySpec[str] = TtlKeySpec(
     "TrunkIp", "trunks_ip", scoped=False, decode=_decode_account,
     event_id=lambda i: canonical_ip(i, "id"), weigh_id=True,
     tenant_of=lambda account_id: account_id,  # the value is the owning account's id
+    redis_key=lambda k, a, ip: k.trunk_ip(ip),
 )
 
 

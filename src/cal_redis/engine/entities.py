@@ -6,11 +6,23 @@ type, idents, scope) drives :class:`Entities`: cache-first get, get by ident, li
 one-round-trip batch get, all through the one :class:`~.single_flight.SingleFlight`,
 and writes (set, partial update, delete) through the one write path
 (:func:`~.writes.write`): entity, ident mappings and event in one script.
+
+**Serve-stale on error** (the namespace's ``stale_if_error`` > 0): a cache-first read
+whose Redis read fails with :class:`~cal_redis.errors.ConnectionError` (or its
+:class:`~cal_redis.errors.TimeoutError`) returns the value L1 still holds for the key
+when it was filled or confirmed less than ``stale_if_error`` seconds ago
+(``LRUCache.get_stale``: expired, or held while the sync is suspended); a batch does
+so per id, and raises when one id has neither. **Refresh-ahead** (the namespace's
+``refresh_ahead`` > 0): a hit in the last part of an entry's TTL starts one background
+read (:class:`~.refresh.Refresher`; the keys due in one event-loop tick share one
+``HMGET``) through the same single-flight and fenced fill as a miss.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -20,12 +32,19 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from .. import codec
-from ..errors import CalRedisError, NotFoundError, SerializationError, ValidationError
+from ..errors import (
+    CalRedisError,
+    ConnectionError,
+    NotFoundError,
+    SerializationError,
+    ValidationError,
+)
 from ..keys import KeyBuilder, validate_id, validate_ident, validate_ids
 from ..models import Event, Model
 from ..remote import HMGET_CHUNK, scan_entries
 from .coalesce import HashReader
 from .negative import ABSENT, held
+from .refresh import Failures, Refresher, gathered
 from .single_flight import SingleFlight
 from .writes import KNOWN, Guess, Step, Target, write
 
@@ -43,6 +62,7 @@ _IDENT = "\x00ident"  # marks ident -> id entries in the entity's L1 namespace
 #: A page of a warm-up: ids, their stored values (None: missing), progress so far.
 _Page = tuple[Sequence[str], Sequence["bytes | None"], int]
 _get_id = attrgetter("id")
+_NONE: Any = object()  # get_stale found nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +95,14 @@ class Entities(Generic[T]):
         "_negatives_until",
         "_readers",
         "_remote",
+        "_stale",
         "flights",
         "global_log",
         "l1",
         "pending",
+        "refresher",
         "spec",
+        "stale_serves",
     )
 
     def __init__(self, spec: EntitySpec[T], ctx: Context) -> None:
@@ -107,6 +130,12 @@ class Entities(Generic[T]):
         # Coalesced readers by hash key (None: coalescing off); those of account
         # hashes are dropped when idle.
         self._readers: dict[str, HashReader] | None = {} if ctx.config.coalesce_reads else None
+        #: Serve-stale window of the namespace (s; 0: off) and the values served so.
+        self._stale = ctx.config.stale_if_error_for(spec.namespace)
+        self.stale_serves = 0
+        self.refresher = Refresher(self.l1, ctx.gate, self.flights, self._refresh,
+                                   ctx.config.refresh_ahead_for(spec.namespace),
+                                   spec.namespace)
 
     @property
     def joins(self) -> int:
@@ -185,7 +214,93 @@ class Entities(Generic[T]):
         validate_id(id_, self._id_arg)
         hkey = self._global_hkey or self._hkey(account_id)
         key = (account_id, id_) if self.spec.scoped else id_
-        return self.flights.run(key, lambda: self._fetch(hkey, key, account_id, id_))
+        pending = self.flights.run(key, lambda: self._fetch(hkey, key, account_id, id_))
+        if self._stale:
+            return self._or_stale(key, pending)
+        return pending
+
+    async def _or_stale(self, key: Hashable, pending: Awaitable[T | None]) -> T | None:
+        """``await pending``; if Redis cannot be reached, the stale value of ``key``
+        (None for one known absent) when L1 has one young enough, else the error."""
+        try:
+            return await pending
+        except ConnectionError:
+            value = self.l1.get_stale(key, self._stale, _NONE)
+            if value is _NONE:
+                raise
+            self.stale_serves += 1
+            return held(value)  # type: ignore[no-any-return]
+
+    def _stale_values(self, keys: Sequence[Hashable]) -> list[T | None] | None:
+        """The stale values of every key of a failed batch read, or None when one has
+        none (the batch then raises)."""
+        get_stale = self.l1.get_stale
+        values = [get_stale(k, self._stale, _NONE) for k in keys]
+        if _NONE in values:
+            return None
+        self.stale_serves += len(values)
+        return [held(v) for v in values]
+
+    async def _refresh(self, keys: list[Hashable]) -> Failures:
+        """Refresh-ahead of distinct L1 keys (entities, ident mappings): the entities
+        of one hash in one ``HMGET`` through the single-flight (as a batch read), each
+        ident mapping by itself; every fill fenced, as a miss's would be."""
+        scoped = self.spec.scoped
+        groups: dict[str | None, list[Hashable]] = {}
+        jobs: list[tuple[int, Awaitable[object]]] = []
+        for key in keys:
+            if type(key) is tuple and key[-2] == _IDENT:
+                jobs.append((1, self.flights.run(key, functools.partial(self._refresh_ident, key))))
+            else:
+                groups.setdefault(key[0] if scoped else None, []).append(key)  # type: ignore[index]
+        for account_id, group in groups.items():
+            jobs.append((len(group), self._refresh_group(account_id, group)))
+        return await gathered(jobs)
+
+    async def _refresh_group(self, account_id: str | None, keys: list[Hashable]) -> Failures:
+        """Refresh-ahead of entities of one hash (see :meth:`_refresh`). When a stored
+        value does not decode, each key is read on its own so only that one fails."""
+        scoped = self.spec.scoped
+        hkey = self._global_hkey or self._hkey(account_id)
+
+        def one(key: Hashable) -> Awaitable[T | None]:
+            id_: str = key[1] if scoped else key  # type: ignore[index,assignment]
+            return self._fetch(hkey, key, account_id, id_)
+
+        async def load_many(fetch: list[Hashable]) -> list[T | None]:
+            return await self._fetch_batch(hkey, fetch, account_id, absent=True)
+
+        try:
+            await self.flights.run_many(keys, load_many, one)
+        except SerializationError:
+            return await gathered(
+                [(1, self.flights.run(k, functools.partial(one, k))) for k in keys])
+        return []
+
+    async def _refresh_ident(self, ikey: tuple[Any, ...]) -> None:
+        """Read an ident mapping again: the same id (or still absent) is stored afresh
+        (fenced), anything else drops the entry (the next lookup resolves it)."""
+        spec = self.spec
+        account_id = ikey[0] if spec.scoped else None
+        ident: str = ikey[-1]
+        assert spec.idents_key is not None
+        ikey_hash = spec.idents_key(self._ctx.keys, account_id)
+        l1 = self.l1
+        token = l1.begin_fill()
+        try:
+            raw_id = await self._hget(ikey_hash, ident)
+            cached = l1.peek(ikey)
+            if raw_id is None and cached is ABSENT:
+                self._fill_absent(ikey, token)
+            elif raw_id is not None and isinstance(cached, str) and raw_id == cached.encode():
+                if self._gate.fill_ok:
+                    weight = self._ctx.local.ident_weight(spec.namespace, len(ident) + len(cached))
+                    l1.set_if_fresh(ikey, cached, weight, token)
+            elif cached is not None:
+                l1.invalidate(ikey)
+            return None
+        finally:
+            l1.end_fill()
 
     async def _fetch(self, hkey: str, key: Hashable, account_id: str | None, id_: str) -> T | None:
         l1 = self.l1
@@ -242,7 +357,15 @@ class Entities(Generic[T]):
             l1.invalidate(ikey)
         token = l1.begin_fill()
         try:
-            raw_id = await self._hget(ikey_hash, ident)
+            try:
+                raw_id = await self._hget(ikey_hash, ident)
+            except ConnectionError:
+                if not self._stale:
+                    raise
+                found, ent = self._stale_by_ident(account_id, ident, ikey)
+                if not found:
+                    raise
+                return ent
             if raw_id is None:
                 self._fill_absent(ikey, token)
                 return None
@@ -261,6 +384,25 @@ class Entities(Generic[T]):
             return ent
         finally:
             l1.end_fill()
+
+    def _stale_by_ident(
+        self, account_id: str | None, ident: str, ikey: Hashable
+    ) -> tuple[bool, T | None]:
+        """Serve-stale of :meth:`get_by_ident`: (True, the entity) from the stale
+        mapping and the stale entity it names, verified to carry ``ident``; (True,
+        None) when the mapping is stale-known absent; (False, None) when L1 has none."""
+        l1 = self.l1
+        cached_id = l1.get_stale(ikey, self._stale, _NONE)
+        if cached_id is ABSENT:
+            self.stale_serves += 1
+            return True, None
+        if cached_id is _NONE:
+            return False, None
+        ent = held(l1.get_stale(self.l1_key(account_id, cached_id), self._stale))
+        if ent is None or ident not in self.idents_of(ent):
+            return False, None
+        self.stale_serves += 1
+        return True, ent
 
     async def get_all(self, account_id: str | None) -> list[T]:
         """Every entity straight from Redis (HGETALL), decoded; L1 is not consulted."""
@@ -328,7 +470,13 @@ class Entities(Generic[T]):
         async def load_one(key: Hashable) -> T | None:
             return await self.load(account_id, key[1] if scoped else key)  # type: ignore[index,arg-type]
 
-        values = await self.flights.run_many(mkeys, load_many, load_one)
+        try:
+            values = await self.flights.run_many(mkeys, load_many, load_one)
+        except ConnectionError:
+            stale = self._stale_values(mkeys) if self._stale else None
+            if stale is None:
+                raise
+            values = stale
         if len(values) == len(out):
             out = values  # every id missed, each once: already in the caller's order
         else:
@@ -340,16 +488,22 @@ class Entities(Generic[T]):
         return out
 
     async def _fetch_batch(
-        self, hkey: str, keys: list[Hashable], account_id: str | None
+        self, hkey: str, keys: list[Hashable], account_id: str | None, *, absent: bool = False
     ) -> list[T | None]:
         """One round trip of HMGETs for ``keys`` (none in flight), decoded in order,
-        checked, and filled into L1 (fenced)."""
+        checked, and filled into L1 (fenced); with ``absent``, the keys Redis does not
+        have are remembered as absent (as a single read does)."""
         ids: list[str] = [k[1] for k in keys] if self.spec.scoped else keys  # type: ignore[index,assignment]
         l1 = self.l1
         token = l1.begin_fill()
         try:
             raws = await self._remote.hmget("HMGET " + hkey, hkey, ids)
-            return self._fill_batch(hkey, keys, ids, raws, account_id, token)[0]
+            values = self._fill_batch(hkey, keys, ids, raws, account_id, token)[0]
+            if absent:
+                for key, raw in zip(keys, raws, strict=True):
+                    if raw is None:
+                        self._fill_absent(key, token)
+            return values
         finally:
             l1.end_fill()
 
@@ -758,13 +912,19 @@ class Entities(Generic[T]):
                 bad = bad or err
                 continue
             key = self.l1_key(account_id, id_)
-            old = l1.peek(key)
+            old = self._kept(key)
             if old is not None:
                 for ident in self.idents_of(old):
                     l1.invalidate(self._ident_l1_key(account_id, ident))
             l1.invalidate(key)
         if bad is not None:
             raise bad
+
+    def _kept(self, key: Hashable) -> Any:
+        """Whatever L1 holds under ``key``: live, expired but kept for serve-stale, or
+        held while suspended. What drops and invalidations look at, so that nothing
+        they should drop stays to be served stale."""
+        return self.l1.get_stale(key, math.inf)
 
     def drop_account(self, account_id: str) -> int:
         """Drop every L1 entry of ``account_id``; return how many were dropped.
@@ -781,13 +941,14 @@ class Entities(Generic[T]):
             return l1.invalidate_where(lambda k: type(k) is tuple and k[0] == account_id)
         field = self.spec.tenant_field
         held = l1.keys()  # a snapshot (the LRU is not iterable)
+        kept = self._kept
         ids = {
             k for k in held
-            if type(k) is not tuple and getattr(l1.peek(k), field, None) == account_id
+            if type(k) is not tuple and getattr(kept(k), field, None) == account_id
         }
         if field == "id":
             ids.add(account_id)
-        return l1.invalidate_where(lambda k: k in ids or (type(k) is tuple and l1.peek(k) in ids))
+        return l1.invalidate_where(lambda k: k in ids or (type(k) is tuple and kept(k) in ids))
 
     def apply_event(self, action: str, event: Event, account_id: str | None) -> str:
         """Apply one event of this entity to L1; return what was done (for counters).
@@ -816,7 +977,7 @@ class Entities(Generic[T]):
             return "echo"
         if key in self.pending:
             return "superseded"
-        old = l1.peek(key)
+        old = self._kept(key)
         if old is not None:
             for ident in self.idents_of(old):
                 l1.invalidate(self._ident_l1_key(account_id, ident))
@@ -826,7 +987,7 @@ class Entities(Generic[T]):
             value = codec.decode(raw, self.spec.model, key="event " + self.spec.kind, field=id_)
             for ident in self.idents_of(value):  # an ident cached as absent now resolves
                 ikey = self._ident_l1_key(account_id, ident)
-                if l1.peek(ikey) is ABSENT:
+                if self._kept(ikey) is ABSENT:
                     l1.invalidate(ikey)
             if getattr(value, "id", None) != id_:
                 raise SerializationError(f"event id {id_!r} does not match its data")
@@ -837,7 +998,8 @@ class Entities(Generic[T]):
                 return "refresh"
         elif action in ("Create", "Update") and self.spec.ident_fields:
             # No data: which idents now resolve is unknown, so none stays cached absent.
+            kept = self._kept
             l1.invalidate_where(
-                lambda k: type(k) is tuple and k[-2] == _IDENT and l1.peek(k) is ABSENT)
+                lambda k: type(k) is tuple and k[-2] == _IDENT and kept(k) is ABSENT)
         l1.invalidate(key)
         return "invalidate"

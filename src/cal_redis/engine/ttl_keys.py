@@ -7,18 +7,27 @@ MULTI and the L1 entry takes the key's remaining TTL. A fill overtaken by a writ
 an event is refused (fenced) and the read repeated once, so the entry is cached after
 all. Events never *refresh* an entry (one may be older than a write this instance
 made since): an event whose data equals the cached value keeps it, any other drops it.
+
+Serve-stale on error and refresh-ahead work as for the hash-field entities
+(:mod:`.entities`): a read that cannot reach Redis returns a value L1 still holds for
+the key if it was filled less than ``stale_if_error`` seconds ago, except that a value
+read with its TTL (``with_ttl``) is never served past that TTL; refresh-ahead needs
+the spec's ``redis_key`` to name the key again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+import functools
+import math
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..errors import SerializationError, ValidationError
-from ..keys import validate_id
+from ..errors import ConnectionError, SerializationError, ValidationError
+from ..keys import KeyBuilder, validate_id
 from ..models import Event
 from .negative import ABSENT
+from .refresh import Failures, Refresher, gathered
 from .single_flight import SingleFlight
 from .writes import Guess, Outcome, Step, Target, write
 
@@ -29,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ("TtlKeySpec", "TtlKeys")
 
 V = TypeVar("V")
+_NONE: Any = object()  # get_stale found nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +60,16 @@ class TtlKeySpec(Generic[V]):
     #: ``(value) -> account id`` for a global kind whose values belong to an account
     #: (what ``drop_account`` matches); None: its values belong to none.
     tenant_of: Callable[[V], str | None] | None = None
+    #: ``(keys, account_id, id) -> Redis key`` of a value (what refresh-ahead reads
+    #: again); None: the kind is not refreshed ahead.
+    redis_key: Callable[[KeyBuilder, str | None, str], str] | None = None
 
 
 class TtlKeys(Generic[V]):
     """Cache-first reads and the writes of one kind of string-key value."""
 
-    __slots__ = ("_ctx", "_negative_ttl", "flights", "l1", "spec")
+    __slots__ = ("_ctx", "_negative_ttl", "_stale", "flights", "l1", "refresher", "spec",
+                 "stale_serves")
 
     #: Global string keys share no slot with any log: their events are not logged
     #: (a gap flushes the namespace); scoped ones go to each account's log.
@@ -67,6 +81,12 @@ class TtlKeys(Generic[V]):
         self.l1: LRUCache = ctx.local[spec.namespace]
         self._negative_ttl = ctx.config.budget(spec.namespace).negative_ttl
         self.flights: SingleFlight[Hashable, V | None] = SingleFlight()
+        #: Serve-stale window of the namespace (s; 0: off) and the values served so.
+        self._stale = ctx.config.stale_if_error_for(spec.namespace)
+        self.stale_serves = 0
+        fraction = ctx.config.refresh_ahead_for(spec.namespace) if spec.redis_key else 0.0
+        self.refresher = Refresher(self.l1, ctx.gate, self.flights, self._refresh, fraction,
+                                   spec.namespace)
 
     @property
     def joins(self) -> int:
@@ -90,7 +110,30 @@ class TtlKeys(Generic[V]):
         hit: V | None = self.l1.get(ck)
         if hit is not None:
             return None if hit is ABSENT else hit
-        return await self.flights.run(ck, lambda: self._fetch(ck, id_, key))
+        if not self._stale:
+            return await self.flights.run(ck, lambda: self._fetch(ck, id_, key))
+        try:
+            return await self.flights.run(ck, lambda: self._fetch(ck, id_, key))
+        except ConnectionError:
+            # A value read with its TTL is never served past it (Redis has dropped it).
+            value = self.l1.get_stale(ck, self._stale, _NONE, expired=not self.spec.with_ttl)
+            if value is _NONE:
+                raise
+            self.stale_serves += 1
+            return None if value is ABSENT else value
+
+    async def _refresh(self, cks: list[Hashable]) -> Failures:
+        """Refresh-ahead of distinct L1 keys: each one read through the single-flight
+        and filled fenced, as a miss would be (the reads run concurrently)."""
+        redis_key = self.spec.redis_key
+        assert redis_key is not None
+        jobs: list[tuple[int, Awaitable[object]]] = []
+        for ck in cks:
+            pair: tuple[str | None, str] = ck if self.spec.scoped else (None, ck)  # type: ignore[assignment]
+            account_id, id_ = pair
+            key = redis_key(self._ctx.keys, account_id, id_)
+            jobs.append((1, self.flights.run(ck, functools.partial(self._fetch, ck, id_, key))))
+        return await gathered(jobs)
 
     def held(self, account_id: str | None, id_: str) -> V | None:
         """The value L1 holds for ``id_`` (``peek``: no recency bump), None if none or
@@ -193,7 +236,8 @@ class TtlKeys(Generic[V]):
         tenant_of = self.spec.tenant_of
         if tenant_of is None:
             return 0
-        return l1.invalidate_where(lambda k: tenant_of(l1.peek(k)) == account_id)
+        # get_stale(k, inf): expired entries kept for serve-stale, held ones too
+        return l1.invalidate_where(lambda k: tenant_of(l1.get_stale(k, math.inf)) == account_id)
 
     def _invalidate_ids(self, account_id: str | None, ids: Sequence[str]) -> None:
         """Drop each id's entry; every valid id is dropped, then an invalid one raises."""

@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,6 +35,7 @@ from .. import errors
 from .._server_info import describe_server
 from ..config import CacheConfig, redact_url
 from ._bulk import raw_command, raw_pipeline, scan_entries, scan_keys
+from ._options import check_client, check_options, client_url, connection_kwargs
 from ._packing import hiredis_available, hiredis_packing
 from ._sends import unblocked_sends
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "ClusterRemote",
+    "SentinelRemote",
     "HMGET_CHUNK",
     "open_remote",
     "REDIS_PY_VERSION",
@@ -186,26 +188,40 @@ class _WaitingPool(aioredis.ConnectionPool):
                 break
 
 
-def node_client(url: str, config: CacheConfig) -> aioredis.Redis:
-    """A client of one server: the waiting pool, hiredis packing, no redis-py retries."""
-    try:
-        pool = _WaitingPool.from_url(
-            url,
-            pool_timeout=config.pool_timeout,
-            max_connections=config.max_connections,
-            socket_connect_timeout=config.connect_timeout,
-            socket_timeout=config.socket_timeout,
-            protocol=config.protocol,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
-        )
-    except ValueError as err:
-        raise errors.ConfigurationError(f"invalid Redis URL {redact_url(url)!r}: {err}") from err
-    # before any connection: hiredis packing, no wait_for on sends that cannot block
+def pool_settings(config: CacheConfig) -> dict[str, Any]:
+    """The library's pool discipline, from ``config``: the waiting pool's size and wait,
+    the timeouts and protocol, no redis-py retries, replies as bytes."""
+    return {
+        "pool_timeout": config.pool_timeout,
+        "max_connections": config.max_connections,
+        "socket_connect_timeout": config.connect_timeout,
+        "socket_timeout": config.socket_timeout,
+        "protocol": config.protocol,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": False,
+    }
+
+
+def own_client(pool: aioredis.ConnectionPool) -> aioredis.Redis:
+    """A client over a pool the library made: hiredis packing and unblocked sends on
+    its connections (set before any is made); ``aclose()`` closes the pool too."""
     pool.connection_class = unblocked_sends(hiredis_packing(pool.connection_class))
     client = aioredis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True  # as from_url does: aclose() closes it
     return client
+
+
+def node_client(
+    url: str, config: CacheConfig, options: Mapping[str, Any] | None = None
+) -> aioredis.Redis:
+    """A client of one server: the waiting pool, hiredis packing, no redis-py retries;
+    ``options``: the checked keyword options of ``connect()``."""
+    kwargs = connection_kwargs(url, options)
+    try:
+        pool = _WaitingPool(**{**pool_settings(config), **kwargs})
+    except ValueError as err:
+        raise errors.ConfigurationError(f"invalid Redis URL {redact_url(url)!r}: {err}") from err
+    return own_client(pool)
 
 
 async def close_client(client: aioredis.Redis) -> None:
@@ -216,20 +232,41 @@ async def close_client(client: aioredis.Redis) -> None:
     await client.aclose()
 
 
-def subscriber_pool(url: str, config: CacheConfig, client_name: str) -> Any:
-    """A plain pool for pub/sub connections to the server at ``url``."""
+def subscriber_settings(config: CacheConfig, client_name: str) -> dict[str, Any]:
+    """The settings of a pub/sub connection (timeouts, protocol, no retries, bytes)."""
+    return {
+        "socket_connect_timeout": config.connect_timeout,
+        "socket_timeout": config.socket_timeout,
+        "protocol": config.protocol,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": False,
+        "client_name": client_name,
+    }
+
+
+def subscriber_pool(
+    url: str, config: CacheConfig, client_name: str, options: Mapping[str, Any] | None = None
+) -> Any:
+    """A plain pool for pub/sub connections to the server at ``url`` (named
+    ``client_name``, whatever ``options`` say)."""
+    extra = {k: v for k, v in (options or {}).items() if k != "client_name"}
+    kwargs = connection_kwargs(url, extra)
     try:
-        return aioredis.ConnectionPool.from_url(
-            url,
-            socket_connect_timeout=config.connect_timeout,
-            socket_timeout=config.socket_timeout,
-            protocol=config.protocol,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=False,
-            client_name=client_name,
-        )
+        return aioredis.ConnectionPool(**{**subscriber_settings(config, client_name), **kwargs})
     except ValueError as err:
         raise errors.ConfigurationError(f"invalid Redis URL {redact_url(url)!r}: {err}") from err
+
+
+def borrowed_subscriber_pool(client: aioredis.Redis, config: CacheConfig, client_name: str) -> Any:
+    """A pool of its own for the pub/sub connection beside an application's client:
+    that client's connection class and parameters, named ``client_name``, no retries."""
+    pool = client.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items()
+              if k not in ("retry", "retry_on_error", "retry_on_timeout", "client_name")}
+    return aioredis.ConnectionPool(
+        connection_class=pool.connection_class,
+        **{**kwargs, "retry": Retry(NoBackoff(), 0), "client_name": client_name},
+    )
 
 
 class Remote:
@@ -237,11 +274,13 @@ class Remote:
 
     __slots__ = (
         "_loop",
+        "borrowed",
         "client",
         "cmd",
         "config",
         "errors",
         "observer",
+        "options",
         "reads",
         "retries",
         "round_trips",
@@ -249,15 +288,33 @@ class Remote:
         "url",
     )
 
-    def __init__(self, url: str, config: CacheConfig) -> None:
+    def __init__(
+        self, url: str, config: CacheConfig, *, options: Mapping[str, Any] | None = None,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        """``options``: keyword options for every connection (checked by
+        :func:`open_remote`); ``client``: an application's client to run the commands
+        on, instead of a pool of the cache's own (``url`` then only names it)."""
+        self._setup(url, config, options)
+        #: True when :attr:`client` is the application's (``connect(client=...)``): the
+        #: cache neither changes its pool nor closes it.
+        self.borrowed = client is not None
+        self.client: aioredis.Redis = (
+            client if client is not None else node_client(url, config, self.options)
+        )
+        #: The client, untyped: replies are bytes (``decode_responses=False``), which
+        #: redis-py's annotations cannot express, so callers annotate each reply.
+        self.cmd: Any = self.client
+
+    def _setup(self, url: str, config: CacheConfig, options: Mapping[str, Any] | None) -> None:
+        """What every kind of remote starts with: its URL, config, options, counters."""
         self.url = url
         #: The URL with any password replaced by ``***`` (for repr, logs, doctor).
         self.safe_url = redact_url(url)
         self.config = config
-        self.client: aioredis.Redis = node_client(url, config)
-        #: The client, untyped: replies are bytes (``decode_responses=False``), which
-        #: redis-py's annotations cannot express, so callers annotate each reply.
-        self.cmd: Any = self.client
+        #: The keyword options of ``connect()`` every connection gets.
+        self.options: dict[str, Any] = dict(options or {})
+        self.borrowed = False
         self.round_trips = 0
         self.reads = 0
         self.errors = 0
@@ -269,6 +326,8 @@ class Remote:
 
     #: True for :class:`~._cluster.ClusterRemote`.
     is_cluster = False
+    #: True for :class:`~._sentinel.SentinelRemote`.
+    is_sentinel = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def bind(self) -> None:
@@ -298,9 +357,11 @@ class Remote:
             raise self._refuse()
 
     async def close(self) -> None:
-        """Refuse further I/O and close the pool (idempotent)."""
+        """Refuse further I/O and close the pool (idempotent); an application's client
+        (``borrowed``) is left open."""
         self._loop = None
-        await close_client(self.client)
+        if not self.borrowed:
+            await close_client(self.client)
 
     # -- commands ----------------------------------------------------------------------------
     async def read(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -465,7 +526,9 @@ class Remote:
     def pubsub_pool(self, client_name: str) -> Any:
         """A pool of its own for the event subscriber, which makes its connections with
         ``make_connection()`` and closes the pool when it stops."""
-        return subscriber_pool(self.url, self.config, client_name)
+        if self.borrowed:
+            return borrowed_subscriber_pool(self.client, self.config, client_name)
+        return subscriber_pool(self.url, self.config, client_name, self.options)
 
     async def open(self) -> bool:
         """The first contact: True when the server is a Redis Cluster node
@@ -514,25 +577,53 @@ class Remote:
                 "retries": self.retries}
 
 
-async def open_remote(url: str, config: CacheConfig) -> Remote:
+async def open_remote(
+    url: str, config: CacheConfig, *, options: Mapping[str, Any] | None = None,
+    client: aioredis.Redis | None = None,
+) -> Remote:
     """The :class:`Remote` for ``url``, bound to the running loop and contacted once.
 
     The topology is :attr:`CacheConfig.topology`; ``"auto"`` means a cluster for a
-    ``redis+cluster://`` URL or a server reporting ``cluster_enabled:1``. A cluster
-    node reached as one server, or a cluster URL with ``topology="standalone"``, is a
+    ``redis+cluster://`` URL or a server reporting ``cluster_enabled:1``, Sentinel for
+    a ``redis+sentinel://`` URL. A cluster node reached as one server, or a URL of
+    another topology than the configured one, is a
     :class:`~cal_redis.errors.ConfigurationError`.
+
+    ``options`` (keyword options for every connection) and ``client`` (an application's
+    ``redis.asyncio.Redis`` to use instead of a pool of the cache's own; ``url`` is then
+    ignored) are checked before any I/O (:mod:`._options`).
     """
+    checked = check_options(options or {}, config)
+    if client is not None:
+        check_client(client, config)
+        if config.topology in ("cluster", "sentinel"):
+            raise errors.ConfigurationError(
+                f"client= is one server's client, but CacheConfig(topology={config.topology!r})"
+            )
+        url = client_url(client)
     scheme = url.partition("://")[0].lower()
     safe = redact_url(url)
-    if scheme in CLUSTER_SCHEMES and config.topology == "standalone":
+    if scheme in CLUSTER_SCHEMES and config.topology in ("standalone", "sentinel"):
         raise errors.ConfigurationError(
-            f"{safe} is a Redis Cluster URL but CacheConfig(topology='standalone')"
+            f"{safe} is a Redis Cluster URL but CacheConfig(topology={config.topology!r})"
         )
-    remote: Remote = (
-        ClusterRemote(url, config)
-        if scheme in CLUSTER_SCHEMES or config.topology == "cluster"
-        else Remote(url, config)
-    )
+    if scheme in SENTINEL_SCHEMES and config.topology in ("standalone", "cluster"):
+        raise errors.ConfigurationError(
+            f"{safe} is a Redis Sentinel URL but CacheConfig(topology={config.topology!r})"
+        )
+    if config.topology == "sentinel" and scheme not in SENTINEL_SCHEMES:
+        raise errors.ConfigurationError(
+            f"CacheConfig(topology='sentinel') needs a redis+sentinel:// URL, got {safe}"
+        )
+    remote: Remote
+    if client is not None:
+        remote = Remote(url, config, client=client)
+    elif scheme in SENTINEL_SCHEMES:
+        remote = SentinelRemote(url, config, options=checked)
+    elif scheme in CLUSTER_SCHEMES or config.topology == "cluster":
+        remote = ClusterRemote(url, config, options=checked)
+    else:
+        remote = Remote(url, config, options=checked)
     remote.bind()
     try:
         is_cluster = await remote.open()
@@ -542,6 +633,11 @@ async def open_remote(url: str, config: CacheConfig) -> Remote:
     if remote.is_cluster or not is_cluster:
         return remote
     await remote.close()
+    if client is not None:
+        raise errors.ConfigurationError(
+            f"client= reaches a Redis Cluster node ({safe}, cluster_enabled:1): connect "
+            "with a redis+cluster:// URL (connection options as keyword arguments)"
+        )
     if config.topology == "standalone":
         raise errors.ConfigurationError(
             f"{safe} is a Redis Cluster node (cluster_enabled:1), but "
@@ -549,7 +645,8 @@ async def open_remote(url: str, config: CacheConfig) -> Remote:
             "and CROSSSLOT errors; use topology='auto' or 'cluster' (or a redis+cluster:// URL)"
         )
     log.debug("%s reports cluster_enabled:1: reaching it as a Redis Cluster", safe)
-    return await open_remote(url, replace(config, topology="cluster"))
+    return await open_remote(url, replace(config, topology="cluster"), options=checked)
 
 
 from ._cluster import CLUSTER_SCHEMES, ClusterRemote  # noqa: E402  (it builds on Remote)
+from ._sentinel import SENTINEL_SCHEMES, SentinelRemote  # noqa: E402  (it builds on Remote)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
@@ -44,8 +44,9 @@ from .. import errors
 from ..config import CacheConfig, redact_url
 from ..engine.single_flight import SingleFlight
 from . import Remote, close_client, map_redis_error, node_client, subscriber_pool
+from ._options import connection_kwargs
 
-__all__ = ("CLUSTER_SCHEMES", "ClusterRemote", "ClusterURL", "parse_cluster_url")
+__all__ = ("CLUSTER_SCHEMES", "ClusterRemote", "ClusterURL", "parse_cluster_url", "parse_nodes")
 
 SLOTS: Final = 16384
 #: Redirections followed for one command before its error is raised.
@@ -68,6 +69,29 @@ class ClusterURL:
         """The single-server URL of one node (database 0)."""
         where = f"[{host}]" if ":" in host else host
         return f"{self.scheme}://{self.userinfo}{where}:{port}/0{self.query}"
+
+
+def parse_nodes(hosts: str, default_port: int, what: str) -> tuple[tuple[str, int], ...]:
+    """``host[:port][,host[:port]...]`` (IPv6 hosts in brackets) as (host, port) pairs;
+    a bad entry is a :class:`~cal_redis.errors.ConfigurationError` starting with ``what``."""
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, port_text = item[1:].partition("]")
+            port_text = port_text.removeprefix(":")
+        else:
+            host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
+        try:
+            port = int(port_text) if port_text else default_port
+        except ValueError:
+            raise errors.ConfigurationError(f"{what}: bad port in {item!r}") from None
+        if not host or not 0 < port < 65536:
+            raise errors.ConfigurationError(f"{what}: bad node {item!r}")
+        nodes.append((unquote(host), port))
+    return tuple(nodes)
 
 
 def parse_cluster_url(url: str) -> ClusterURL:
@@ -94,28 +118,10 @@ def parse_cluster_url(url: str) -> ClusterURL:
             f"invalid Redis Cluster URL {safe!r}: a cluster has only database 0, got /{path}"
         )
     userinfo, at, hosts = netloc.rpartition("@")
-    seeds: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.startswith("["):
-            host, _, port_text = item[1:].partition("]")
-            port_text = port_text.removeprefix(":")
-        else:
-            host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
-        try:
-            port = int(port_text) if port_text else 6379
-        except ValueError:
-            raise errors.ConfigurationError(
-                f"invalid Redis Cluster URL {safe!r}: bad port in {item!r}"
-            ) from None
-        if not host or not 0 < port < 65536:
-            raise errors.ConfigurationError(f"invalid Redis Cluster URL {safe!r}: bad node {item!r}")
-        seeds.append((unquote(host), port))
+    seeds = parse_nodes(hosts, 6379, f"invalid Redis Cluster URL {safe!r}")
     if not seeds:
         raise errors.ConfigurationError(f"invalid Redis Cluster URL {safe!r}: no node given")
-    return ClusterURL(base, userinfo + at, tuple(seeds), qsep + query)
+    return ClusterURL(base, userinfo + at, seeds, qsep + query)
 
 
 def connect_failed(err: BaseException) -> bool:
@@ -263,7 +269,8 @@ class _SubscriberPools:
         if pool is None:
             host, _, port = name.rpartition(":")
             url = self._remote.parsed.node_url(host, int(port))
-            pool = self._pools[name] = subscriber_pool(url, self._remote.config, self._client_name)
+            pool = self._pools[name] = subscriber_pool(url, self._remote.config,
+                                                       self._client_name, self._remote.options)
         self.node = name
         return pool.make_connection()
 
@@ -288,11 +295,13 @@ class ClusterRemote(Remote):
 
     is_cluster = True
 
-    def __init__(self, url: str, config: CacheConfig) -> None:
-        self.url = url
-        self.safe_url = redact_url(url)
-        self.config = config
+    def __init__(
+        self, url: str, config: CacheConfig, *, options: Mapping[str, Any] | None = None
+    ) -> None:
+        self._setup(url, config, options)
         self.parsed = parse_cluster_url(url)
+        # every node's URL shares the query and credentials: one check, before any I/O
+        connection_kwargs(self.parsed.node_url(*self.parsed.seeds[0]), self.options)
         self.seed_names = tuple(_name(h, p) for h, p in self.parsed.seeds)
         self._node_clients: dict[str, aioredis.Redis] = {}
         self.topology = Topology(("",) * SLOTS, (), (), -1)
@@ -300,12 +309,6 @@ class ClusterRemote(Remote):
         self._seen: Topology | None = None
         self._raw: Any = None
         self.cmd: Any = _Router(self)
-        self.round_trips = 0
-        self.reads = 0
-        self.observer = None
-        self.errors = 0
-        self.retries = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- nodes and the slot map ------------------------------------------------------------
     def node(self, name: str) -> aioredis.Redis:
@@ -315,7 +318,8 @@ class ClusterRemote(Remote):
             if self._loop is None:
                 raise errors.ClosedError("the cache is closed")
             host, _, port = name.rpartition(":")
-            client = node_client(self.parsed.node_url(host, int(port)), self.config)
+            client = node_client(self.parsed.node_url(host, int(port)), self.config,
+                                 self.options)
             self._node_clients[name] = client
         return client
 
@@ -334,7 +338,7 @@ class ClusterRemote(Remote):
         if self._raw is None:
             host, port = self.parsed.seeds[0]
             self._raw = aioredis.RedisCluster.from_url(
-                self.parsed.node_url(host, port), decode_responses=False
+                self.parsed.node_url(host, port), decode_responses=False, **self.options
             )
         return self._raw
 
