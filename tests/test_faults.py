@@ -589,7 +589,7 @@ COLUMNS = (
     ("fault", 15), ("variant", 11), ("L1", 2), ("read_ok_s", 9), ("write_ok_s", 10),
     ("sync_ok_s", 9), ("longest_s", 9), ("errors", 6), ("past_dl", 7), ("other_exc", 9), ("stale", 5),
     ("lost", 4), ("own_stale", 9), ("calls", 6), ("foreign_err", 11), ("quiet", 5),
-    ("replays", 7), ("errors_by_type", 0),
+    ("replays", 7), ("stale_serves", 12), ("errors_by_type", 0),
 )
 
 
@@ -654,6 +654,7 @@ async def test_fault(
         since = max(c.sync_state.since for c in (a, b)) / 1000.0
         sync_ok = max(0.0, since - wall_end)
         lost_sync = sum(c.sync_state.disconnects for c in (a, b))
+        served_stale = sum(c.stats().get("stale_serves", 0) for c in (a, b))
         # The checks: every id through both caches (L1 first, twice: the second read
         # is the L1 entry the first may have filled) against Redis.
         truth = dict(zip(work.all_ids,
@@ -667,6 +668,7 @@ async def test_fault(
                     if (None if got is None else int(got.name)) != want:
                         stale.append(f"{name} read {got and got.name} redis {want}: "
                                      f"{work.story(uid)}")
+        stale_after = sum(c.stats().get("stale_serves", 0) for c in (a, b)) - served_stale
         lost = [f"redis {version_of(truth[uid])} < acked {v}: {work.story(uid)}"
                 for uid, v in work.acked.items()
                 if (version_of(truth[uid]) or 0) < v]
@@ -682,6 +684,7 @@ async def test_fault(
             "calls": fig.calls, "foreign_err": sum(fig.foreign_errors.values()),
             "quiet": "yes" if quiet else "NO", "errors_by_type": _by_type(fig.errors),
             "replays": sum(getattr(c.sync_state, "replays", 0) for c in (a, b)),
+            "stale_serves": served_stale,
         }
         report_figures("fault suite", _header(), _row(values))
         summary = (f"{fault}/{variant} [{wall_end - wall_start:.1f} s fault, {lost_sync} "
@@ -695,10 +698,10 @@ async def test_fault(
         assert not fig.unexpected, f"{fig.unexpected[:5]}: {summary}"
         assert not lost, f"acknowledged writes lost {lost[:5]}: {summary}"
         assert not stale, f"stale reads after quiescence {stale[:5]}: {summary}"
+        assert stale_after == 0, f"{stale_after} values served stale after quiescence: {summary}"
+        assert fig.own_stale == 0, f"read-your-writes broken: {summary}"
         if work.log_script is not None:  # every event was logged: replay stayed on
             assert all(c.sync_state.unlogged == 0 for c in (a, b)), summary
-        if "stale_if_error" not in VARIANTS[variant]:
-            assert fig.own_stale == 0, f"read-your-writes broken: {summary}"
     finally:
         for cache in (a, b):
             await cache.close()
