@@ -64,8 +64,12 @@ FAULT_SECONDS = 2.5
 DOWN_SECONDS = 1.0
 #: Recovery and quiescence must be reached within this (s) after a fault ended.
 RECOVERY_TIMEOUT = 20.0
-#: Users per writer (two caches and the foreign writer, disjoint).
+#: Users per writer (two caches and the foreign writer, disjoint): the first COLD are
+#: written only before the fault, the first FROZEN not after the caches recovered
+#: (see Workload.phase).
 IDS_PER_WRITER = 16
+COLD = 4
+FROZEN = 10
 #: Added latency of the delay fault (ms, each direction).
 DELAY_MS = 150
 
@@ -334,12 +338,14 @@ class Workload:
         self.acked: dict[str, int] = {}  # uid -> last version acknowledged
         self.figures = Figures()
         self.fault_end: float | None = None
-        #: Set once the caches recovered: from then on half of each writer's ids are no
-        #: longer written, so what they got during the fault (events a cache may have
-        #: missed) is never covered up by a later event.
-        self.frozen = False
-        #: The last writes of each id: (version, began, ended (s after the fault
-        #: began), acknowledged), for the message of a failed check.
+        #: ``"before"`` the fault every id of a writer is written; from the fault's
+        #: start (``"fault"``) its first :data:`COLD` ids no longer are, so a lost write
+        #: or a stale L1 entry of theirs is never covered up by a later write; once the
+        #: caches recovered (``"after"``) its first :data:`FROZEN` are not either, so an
+        #: event a cache missed during the fault is never covered up by a later one.
+        self.phase = "before"
+        #: The last writes of each id: (version, began, ended (loop time),
+        #: acknowledged), for the message of a failed check.
         self.history: dict[str, deque[tuple[int, float, float, bool]]] = {}
         self.fault_start = 0.0
         self._stop = asyncio.Event()
@@ -381,12 +387,14 @@ class Workload:
         now = asyncio.get_running_loop().time()
         if ok:
             self.acked[uid] = version
-        self.history.setdefault(uid, deque(maxlen=3)).append(
-            (version, round(began - self.fault_start, 3), round(now - self.fault_start, 3), ok))
+        self.history.setdefault(uid, deque(maxlen=3)).append((version, began, now, ok))
 
     def story(self, uid: str) -> str:
         """The last writes of ``uid`` (for a failed check's message)."""
-        return f"{uid} writes (version, began, ended, acked): {list(self.history.get(uid, ()))}"
+        t0 = self.fault_start
+        writes = [(v, round(b - t0, 3), round(e - t0, 3), ok)
+                  for v, b, e, ok in self.history.get(uid, ())]
+        return f"{uid} writes (version, began, ended, acked; s after the fault began): {writes}"
 
     async def _write(self, cache: CallableCache, uid: str) -> None:
         """The next version of ``uid``: a whole-object ``set_user`` or, every other
@@ -401,9 +409,9 @@ class Workload:
         self._record(uid, version, began, ok)
 
     def _next_id(self, ids: list[str], n: int) -> str:
-        """The ``n``-th id to write: all in turn, only the first half once :attr:`frozen`
-        (the other half then keeps what it got during the fault)."""
-        return ids[n % (len(ids) // 2 if self.frozen else len(ids))]
+        """The ``n``-th id to write: in turn, those :attr:`phase` still writes."""
+        pool = ids[{"before": 0, "fault": COLD, "after": FROZEN}[self.phase]:]
+        return pool[n % len(pool)]
 
     async def _writer(self, name: str) -> None:
         cache = self.caches[name]
@@ -631,6 +639,7 @@ async def test_fault(
         await asyncio.sleep(0.4)
         wall_start = time.time()
         work.fault_start = asyncio.get_running_loop().time()
+        work.phase = "fault"
         await inject(fault, env)
         loop = asyncio.get_running_loop()
         work.fault_end = loop.time()
@@ -643,7 +652,7 @@ async def test_fault(
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.01)
-        work.frozen = True
+        work.phase = "after"
         await asyncio.sleep(0.3)
         await work.stop()
         # Quiescence: both connected, a barrier event seen by both.
