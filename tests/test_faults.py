@@ -6,7 +6,10 @@ serves two caches (``CallableCache.connect``, with L1 and sync, as a service run
 them) and a foreign writer (a plain redis-py client writing users and publishing
 their events as docs/wire-format.md says). During each fault all three keep writing
 their own disjoint sets of users, each value carrying a per-id version, and both
-caches keep reading every id cache-first. Every call runs under a deadline.
+caches keep reading every id cache-first. Every call runs under a deadline. Some ids
+are written only before the fault and some not after it (``Workload.phase``), so no
+later write covers up a lost write or a missed event. Each fault runs under every
+configuration of :data:`VARIANTS` (default, event-log replay, serve-stale).
 
 The faults: SIGKILL and restart; SIGSTOP then SIGCONT; ``CLIENT KILL TYPE pubsub`` and
 ``TYPE normal``; and, with the caches behind the loopback proxy of ``tcp_proxy.py``
@@ -22,7 +25,7 @@ acknowledged one), no call outlived its deadline and no call raised anything but
 errors, stale reads, lost writes) are printed in a table at the end of the session.
 
 The module is marked ``faults``: the default run leaves it out (conftest.py);
-``pytest -m faults`` runs it (docs/operations.md, "Fault suite").
+``pytest -m faults`` runs it (docs/sync.md, "Fault suite").
 """
 
 from __future__ import annotations
