@@ -22,7 +22,7 @@ on a cluster are marked ``standalone_only``.
 
 Tests marked ``faults`` (tests/test_faults.py: real faults against a server of their
 own, a minute or two) run only when ``-m`` selects them (``pytest -m faults``); every
-other run deselects them, so the main suite never runs them by accident. Their figures
+other run deselects them (`make test` runs them as a second pytest run of their own). Their figures
 (``report_figures``) are printed at the end of the run.
 
 Tests marked ``sentinel`` start their own Redis Sentinel deployment
