@@ -207,3 +207,12 @@ def test_ratio_gates_reported_not_applied_on_another_loop() -> None:
     assert "OVER row: ratio 2.00x > gate 1.50x" in text
     assert "OVER tput: 3.50x, gate >=4.00x" in text
     assert "derived on asyncio's loop: on uvloop 0.23.0 they are shown,\nnot applied" in text
+    # On asyncio's loop (gates applied), a row reported but not gated on its own (the
+    # cluster propagation row) is shown past its gate without reading as a failure.
+    machine["loop"] = "asyncio"
+    text = format_table({
+        "mode": "quick", "duration_s": 1.0, "machine": machine, "results": [as_json(row)],
+        "throughput": [], "concurrency": [], "concurrency_checks": [],
+        "ratio_gates_applied": True, "passed": True})
+    assert "OVER (reported, not gated) row: ratio 2.00x > gate 1.50x" in text
+    assert "FAIL" not in text

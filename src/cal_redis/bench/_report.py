@@ -186,7 +186,8 @@ def format_table(report: dict[str, Any]) -> str:
     for r in report["results"]:
         name = r["label"].strip()
         if not r["ratio"] <= r["gate"]:
-            word = over if r.get("ratio_gated", True) else "OVER (reported, not gated)"
+            word = over if not gated or r.get("ratio_gated", True) \
+                else "OVER (reported, not gated)"
             lines.append(f"  {word} {name}: ratio {r['ratio']:.2f}x > gate {r['gate']:.2f}x")
         if (r["trips"] or 0) > (r["base_trips"] or 0):
             lines.append(f"  FAIL {name}: {r['trips']} round trips per call, "
