@@ -82,10 +82,12 @@ async def test_blocking_pop(cache: CallableCache, make_cache: Any) -> None:
 
 
 async def test_blocking_pop_outlives_socket_timeout(make_cache: Any) -> None:
-    cache = await make_cache(CacheConfig(socket_timeout=0.1))
+    # The wait (0.6 s) is longer than the socket timeout (0.25 s); the reply is then
+    # awaited wait + socket timeout, a margin a loaded 2-core machine keeps.
+    cache = await make_cache(CacheConfig(socket_timeout=0.25))
     t0 = time.monotonic()
-    assert await cache.queue_pop_blocking(A, "support", 0.3) is None
-    assert time.monotonic() - t0 >= 0.29
+    assert await cache.queue_pop_blocking(A, "support", 0.6) is None
+    assert time.monotonic() - t0 >= 0.59
     # the pool still works afterwards
     await cache.queue_add(A, "support", "x")
     assert await cache.queue_pop(A, "support") == "x"
