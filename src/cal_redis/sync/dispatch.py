@@ -246,13 +246,16 @@ class Dispatcher:
         return (f"{keys.EVENTS} and {keys.account_events_pattern()} on "
                 f"{self._ctx.remote.safe_url} (instance {self._ctx.instance_id[:12]})")
 
+    def _count_flush(self, namespace: str, reason: str) -> None:
+        flushes = self.counters.flushes
+        flushes[namespace, reason] = flushes.get((namespace, reason), 0) + 1
+
     def _flush(self, reason: str) -> None:
         local = self._ctx.local
-        flushes = self.counters.flushes
         dropped = []
         for ns in local.namespaces:
             n = local.flush(ns)
-            flushes[ns, reason] = flushes.get((ns, reason), 0) + 1
+            self._count_flush(ns, reason)
             if n:
                 dropped.append(f"{ns} {n}")
         for kind in self.types.values():
@@ -363,8 +366,7 @@ class Dispatcher:
     def flush_namespace(self, namespace: str, reason: str) -> None:
         """Drop one namespace of L1 (fencing its fills in flight); counted and logged."""
         n = self._ctx.local.flush(namespace)
-        flushes = self.counters.flushes
-        flushes[namespace, reason] = flushes.get((namespace, reason), 0) + 1
+        self._count_flush(namespace, reason)
         for kind in self.types.values():
             if kind.namespace == namespace:
                 kind.target.reset()
@@ -404,9 +406,7 @@ class Dispatcher:
 
     def _namespace_synced(self, kind: Kind, event: Event, channel: str, dropped: int) -> None:
         """A ``<Kind>Sync`` event dropped ``kind``'s namespace: count and log it."""
-        flushes = self.counters.flushes
-        key = (kind.namespace, "sync_event")
-        flushes[key] = flushes.get(key, 0) + 1
+        self._count_flush(kind.namespace, "sync_event")
         self._sync_log(
             "sync:" + kind.namespace,
             "L1 namespace %s flushed (sync_event): %s on %s from instance %s dropped %d entries",
@@ -458,9 +458,8 @@ class Dispatcher:
         c = self.counters
         kind = self.types.get(event.type)
         elog = self.log
-        if elog is not None and not replayed and (
-                kind is not None or (account is not None and event.type == TENANT_INVALIDATE)
-        ) and not elog.seen(event, account, kind):
+        logged_in = self.log_key(event.type, account) if elog is not None and not replayed else None
+        if logged_in is not None and elog is not None and not elog.seen(event, logged_in, account):
             c.unlogged += 1
             self.warn(
                 "unlogged",

@@ -37,7 +37,7 @@ from ..errors import SerializationError
 if TYPE_CHECKING:
     from .._context import Context
     from ..models import Event
-    from .dispatch import Dispatcher, Kind
+    from .dispatch import Dispatcher
 
 __all__ = ("MARKER_MARGIN_MS", "PAGE", "REPLAY_LIMIT", "EventLog", "parse_id")
 
@@ -105,22 +105,17 @@ class EventLog:
         if not remote.is_cluster:
             self._run_id = str((await remote.server_info()).get("run_id", ""))
 
-    def seen(self, event: Event, account: str | None, kind: Kind | None) -> bool:
-        """Note a received event's ``log_id``; False (and replay switched off) when an
-        event that must be logged has none."""
+    def seen(self, event: Event, log_key: str, account: str | None) -> bool:
+        """Note the ``log_id`` of a received event that belongs in ``log_key`` (as
+        :meth:`Dispatcher.log_key` decides); False (and replay switched off) when it has none."""
+        if not event.log_id:
+            self.broken = True
+            return False
         if account is not None:
-            if event.log_id:
-                self.last_account[account] = event.log_id
-                return True
+            self.last_account[account] = event.log_id
         else:
-            table = kind.log if kind is not None else None
-            if table is None:
-                return True  # not a logged kind (trunk IPs, application events)
-            if event.log_id:
-                self.last_table[table] = event.log_id
-                return True
-        self.broken = True
-        return False
+            self.last_table[log_key] = event.log_id
+        return True
 
     def _plans(self, d: Dispatcher) -> tuple[list[_Plan], list[str]]:
         """The logs the held entries depend on, and the namespaces without a log."""
