@@ -130,7 +130,7 @@ async def test_watch_prints_decoded_events_and_rates(make_cache: Factory, raw: r
 
 async def test_watch_one_account_and_bounded_time(make_cache: Factory) -> None:
     writer = await make_cache()
-    task, out = await _start_watch(writer.remote.url, account="acc42", seconds=0.6,
+    task, out = await _start_watch(writer.remote.url, account="acc42", seconds=1.0,
                                    interval=0.2)
     await writer.set_device("acc7", Device(id="d7"))
     await writer.set_device("acc42", Device(id="d42"))
