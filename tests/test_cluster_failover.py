@@ -54,15 +54,35 @@ def _replica_of(cluster: EmbeddedCluster, master: EmbeddedRedis) -> EmbeddedRedi
 async def _subscribed_to(cluster: EmbeddedCluster, node: EmbeddedRedis,
                          cfg: CacheConfig) -> CallableCache:
     """A cache whose event subscriber sits on ``node`` (caches start on a random node)."""
-    for _ in range(50):
+    landed: dict[str | None, int] = {}
+    for _ in range(200):
         cache = await CallableCache.connect(cluster.url, config=cfg)
-        if cache._sync._pool.node == f"{cluster.host}:{node.port}":
+        name = cache._sync._pool.node
+        if name == f"{cluster.host}:{node.port}":
             return cache
+        landed[name] = landed.get(name, 0) + 1
+        topology = cache.remote.topology.nodes
         await cache.close()
-    raise AssertionError(f"no subscriber landed on {node.port}")
+    raise AssertionError(f"no subscriber landed on {node.port} in 200 caches: {landed}; "
+                         f"the last one's nodes: {topology}")
 
 
 async def _failover_under_load(cluster: EmbeddedCluster, kill: bool) -> dict[str, Any]:
+    """See :func:`_failover_run`; whatever happens, its tasks end and its caches close."""
+    opened: list[CallableCache] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        return await _failover_run(cluster, kill, opened, tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for cache in opened:
+            await cache.close()
+
+
+async def _failover_run(cluster: EmbeddedCluster, kill: bool, opened: list[CallableCache],
+                        tasks: list[asyncio.Task[None]]) -> dict[str, Any]:
     """Two caches write (disjoint users) and read; a third, without L1, reads Redis.
     Then the master of ``cal:users`` fails over (SIGKILL, or CLUSTER FAILOVER on its
     replica); one cache's subscriber sits on that master. Figures after quiescence."""
@@ -72,8 +92,11 @@ async def _failover_under_load(cluster: EmbeddedCluster, kill: bool) -> dict[str
     victim = _master_of(cluster, "cal:users")
     replica = _replica_of(cluster, victim)
     a = await CallableCache.connect(cluster.url, config=cfg)
+    opened.append(a)
     b = await _subscribed_to(cluster, victim, cfg)
+    opened.append(b)
     probe = await CallableCache.connect(cluster.url, config=replace(cfg, local_cache=False))
+    opened.append(probe)
     ids = [f"u{i}" for i in range(50)]
     acked: dict[str, str] = {}
     errors: list[str] = []
@@ -106,7 +129,7 @@ async def _failover_under_load(cluster: EmbeddedCluster, kill: bool) -> dict[str
 
     for uid in ids:
         await a.set_user(User(id=uid, name="v0"))
-    tasks = [asyncio.create_task(c) for c in (
+    tasks += [asyncio.create_task(c) for c in (
         writer(a, "a", ids[0::2]), writer(b, "b", ids[1::2]),
         reader(a), reader(b), reader(probe))]
     await asyncio.sleep(0.3)
@@ -164,8 +187,6 @@ async def _failover_under_load(cluster: EmbeddedCluster, kill: bool) -> dict[str
         "topology_flushes": (a.sync_state.topology_flushes, b.sync_state.topology_flushes),
         "reconnects": (a.sync_state.reconnects, b.sync_state.reconnects),
     }
-    for cache in (a, b, probe):
-        await cache.close()
     return figures
 
 
