@@ -6,6 +6,7 @@ Runs under ``--redis-cluster`` only (the session cluster of conftest).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from typing import Any
@@ -149,8 +150,14 @@ async def test_a_failover_flushes_l1_of_a_cache_subscribed_elsewhere(
             n for n in redis_server.nodes if n.running and redis_server.role(n) == "slave"
             and f"master_port:{master.port}" in str(command(redis_server.host, n.port,
                                                               "INFO", "replication")))
-        command(redis_server.host, replica.port, "CLUSTER", "FAILOVER")
-        await until(lambda: redis_server.role(replica) == "master", timeout=10)
+        for _attempt in range(3):
+            # A manual failover not done within its 5 s timeout is abandoned by Redis
+            # (seen under CI load); an operator asks again.
+            command(redis_server.host, replica.port, "CLUSTER", "FAILOVER")
+            with contextlib.suppress(AssertionError):
+                await until(lambda: redis_server.role(replica) == "master", timeout=6)
+                break
+        assert redis_server.role(replica) == "master", "CLUSTER FAILOVER asked 3 times"
         await until(lambda: b.sync_state.topology_flushes >= 1, timeout=5, what="a flush")
         assert "u1" not in b.local["users"]
         assert b.sync_state.state == "connected"
