@@ -95,12 +95,13 @@ async def test_blocking_pop_outlives_socket_timeout(make_cache: Any) -> None:
 
 async def test_blocking_pop_gives_up_on_a_silent_server(make_cache: Any, raw: redis.Redis) -> None:
     cache = await make_cache(CacheConfig(socket_timeout=0.1))
-    pause(raw, 400)  # the server holds every client's commands
+    pause(raw, 1000)  # the server holds every client's commands
     t0 = time.monotonic()
     with pytest.raises(CalTimeoutError):
         await cache.queue_pop_blocking(A, "support", 0.1)
-    assert 0.19 <= time.monotonic() - t0 < 0.39
-    await asyncio.sleep(0.25)
+    # wait + socket timeout is 0.2 s: given up well before the pause ends
+    assert 0.19 <= time.monotonic() - t0 < 0.9
+    await asyncio.sleep(max(0.0, t0 + 1.05 - time.monotonic()))
     await cache.queue_add(A, "support", "x")
     assert await cache.queue_pop_blocking(A, "support", 1) == "x"
 
