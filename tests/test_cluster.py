@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from typing import Any
 
 import pytest
@@ -122,13 +123,17 @@ async def test_a_write_cut_after_sending_is_not_sent_again(
         await cache.set_user(User(id="u1", name="before"))
         master = raw.get_node_from_key("cal:users")
         node = raw.get_redis_connection(master)
-        node.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+        node.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
+        paused_at = time.monotonic()
         write = asyncio.ensure_future(cache.set_user(User(id="u1", name="after")))
-        await asyncio.sleep(0.1)  # sent, held by the pause
+        await until(lambda: any("b" in c.get("flags", "") and c.get("cmd") in ("eval", "evalsha")
+                                for c in node.client_list()),
+                    timeout=0.8, what="the write sent and held by the pause")
         node.client_kill_filter(_type="normal", skipme=True)
         with pytest.raises(CalRedisError):
             await write
-        await asyncio.sleep(0.5)  # the pause is over: a re-sent write would land now
+        # the pause is over: a re-sent write would land now
+        await asyncio.sleep(max(0.0, paused_at + 1.1 - time.monotonic()))
         assert json.loads(raw.hget("cal:users", "u1"))["name"] == "before"
 
 
