@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -135,6 +136,15 @@ async def test_every_problem_is_named_at_once() -> None:
     ("unix:///tmp/nowhere.sock", {"socket_keepalive": True}, "not an option of a unix-socket"),
     ("redis+cluster://127.0.0.1:1", {"ssl_ca_certs": "/ca.pem"}, "a TLS option"),
     ("redis+cluster://127.0.0.1:1", {"retry_on_timeout": True}, "retry_on_timeout"),
+    (NOWHERE, {"ssl_context": "not a context"}, "ssl_context must be an ssl.SSLContext, got str"),
+    (NOWHERE, {"ssl_context": ssl.create_default_context(), "ssl_ca_certs": "/ca.pem"},
+     "ssl_ca_certs: ssl_context replaces the ssl_* options"),
+    (NOWHERE, {"ssl_context": ssl.create_default_context(), "ssl": False},
+     "ssl=False, but an ssl_context= is given"),
+    ("unix:///tmp/nowhere.sock", {"ssl_context": ssl.create_default_context()},
+     "is a unix socket, not TCP"),
+    ("redis+sentinel://127.0.0.1:1/mymaster", {"ssl_context": ssl.create_default_context()},
+     "ssl_context= is not supported with Sentinel"),
 ])
 async def test_options_checked_against_the_url(url: str, options: dict[str, Any], why: str) -> None:
     with pytest.raises(ConfigurationError) as info:
@@ -186,6 +196,34 @@ async def test_tls_options(tls_server: tuple[EmbeddedRedis, int, str]) -> None:
         assert a.sync_state.state == b.sync_state.state == "connected"
     with pytest.raises(ConnectionError):  # the certificate is checked
         await CallableCache.connect(url, ssl=True, config=CacheConfig(connect_timeout=1))
+
+
+async def test_tls_with_the_applications_ssl_context(
+    tls_server: tuple[EmbeddedRedis, int, str]
+) -> None:
+    """An ``ssl.SSLContext`` is used as it is, for commands and the subscriber: one
+    trusting the server's certificate connects (on a redis:// URL: it implies TLS);
+    the same settings without that trust are refused by the handshake."""
+    _, port, ca = tls_server
+    url = f"redis://127.0.0.1:{port}/0"
+    trusted = ssl.create_default_context(cafile=ca)
+    async with await CallableCache.connect(url, ssl_context=trusted) as a, \
+            await CallableCache.connect(url.replace("redis:", "rediss:"),
+                                        ssl_context=trusted) as b:
+        await a.set_user(User(id="u1", name="one"))
+        assert (await b.get_user_by_id("u1")).name == "one"  # type: ignore[union-attr]
+        await a.set_user(User(id="u1", name="two"))
+        await until(lambda: b.local["users"].peek("u1") is None
+                    or b.local["users"].peek("u1").name == "two", what="b refreshed")
+        assert a.sync_state.state == b.sync_state.state == "connected"
+    with pytest.raises(ConnectionError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"):
+        await CallableCache.connect(url, ssl_context=ssl.create_default_context(),
+                                    config=CacheConfig(connect_timeout=1))
+    lenient = ssl.create_default_context()
+    lenient.check_hostname = False
+    lenient.verify_mode = ssl.CERT_NONE  # the context's own choice is honoured too
+    async with await CallableCache.connect(url, ssl_context=lenient) as c:
+        assert (await c.get_user_by_id("u1")).name == "two"  # type: ignore[union-attr]
 
 
 # -- client= -----------------------------------------------------------------------------------

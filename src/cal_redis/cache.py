@@ -135,7 +135,8 @@ class CallableCache(
         recorded in Redis is checked against this cache's (see :mod:`cal_redis.layout`).
 
         ``redis_options`` go to every redis-py connection the cache makes: TLS
-        (``ssl=True``, ``ssl_ca_certs=...``, the other ``ssl_*`` options),
+        (``ssl=True``, ``ssl_ca_certs=...``, the other ``ssl_*`` options, or an
+        ``ssl_context=`` of your own, used as it is),
         ``credential_provider``, ``username``/``password``, ``client_name``, socket
         options... Options that would break the library's guarantees are refused
         (anything that makes redis-py re-send commands, ``decode_responses=True``,

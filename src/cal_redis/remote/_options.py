@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import ssl
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -43,6 +44,7 @@ __all__ = (
     "check_options",
     "client_url",
     "connection_kwargs",
+    "given_context",
     "retries_of",
 )
 
@@ -78,6 +80,50 @@ _LIBRARY: Final = {
 
 _TLS_CLASSES: Final = (SSLConnection,)
 
+#: What redis-py's TLS connections read from their context holder besides ``get()``.
+_CONTEXT_FIELDS: Final = frozenset({
+    "keyfile", "certfile", "cert_reqs", "include_verify_flags", "exclude_verify_flags",
+    "ca_certs", "ca_data", "ca_path", "check_hostname", "min_version", "ciphers", "password",
+})
+
+
+class _GivenContext:
+    """Stands in for redis-py's ``RedisSSLContext`` on a TLS connection: hands out the
+    application's own ``ssl.SSLContext``, as it is."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+
+    def get(self) -> ssl.SSLContext:
+        return self.context
+
+    def __getattr__(self, name: str) -> None:
+        if name in _CONTEXT_FIELDS:
+            return None  # set on the context itself
+        raise AttributeError(name)
+
+
+_given_classes: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def given_context(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls``, a redis-py TLS connection class, taking ``ssl_context=``: an
+    ``ssl.SSLContext`` every connection then uses as it is. One subclass per class."""
+    made = _given_classes.get(cls)
+    if made is None:
+        def __init__(self: Any, *args: Any, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
+            cls.__init__(self, *args, **kwargs)
+            self.ssl_context = _GivenContext(ssl_context)
+
+        made = _given_classes[cls] = type(cls.__name__, (cls,), {
+            "__init__": __init__,
+            "__module__": __name__,
+            "__doc__": f"{cls.__name__} over the application's ssl.SSLContext.",
+        })
+    return made
+
 
 def _names(cls: type[AbstractConnection]) -> frozenset[str]:
     """The keyword parameters of ``cls`` and its bases (redis-py passes ``**kwargs`` up)."""
@@ -104,7 +150,7 @@ def _accepted(cls: type[AbstractConnection]) -> frozenset[str]:
 
 def _every_option() -> frozenset[str]:
     return (_accepted(Connection) | _accepted(SSLConnection)
-            | _accepted(UnixDomainSocketConnection) | {"ssl"})
+            | _accepted(UnixDomainSocketConnection) | {"ssl", "ssl_context"})
 
 
 def retries_of(retry: Any) -> int:
@@ -139,6 +185,8 @@ def _refusal(name: str, value: Any, config: CacheConfig) -> str | None:
     if name == "retry_on_timeout" and value:
         return ("retry_on_timeout=True makes redis-py re-send a command that timed out: a "
                 "write that did run would run twice")
+    if name == "ssl_context" and not isinstance(value, ssl.SSLContext):
+        return f"ssl_context must be an ssl.SSLContext, got {type(value).__qualname__}"
     if name == "decode_responses" and value:
         return "decode_responses=True: the cache's codec needs the replies as bytes"
     if name == "encoding" and str(value).lower().replace("-", "").replace("_", "") != "utf8":
@@ -201,6 +249,12 @@ def connection_kwargs(url: str, options: Mapping[str, Any] | None = None) -> dic
         )
     cls: type[AbstractConnection] = kwargs.get("connection_class", Connection)
     tls = extra.pop("ssl", None)
+    context = extra.pop("ssl_context", None)
+    if context is not None:
+        if tls is False:
+            raise errors.ConfigurationError("ssl=False, but an ssl_context= is given (TLS)")
+        if not issubclass(cls, _TLS_CLASSES):
+            tls = True  # ssl_context implies TLS, as ssl=True does
     if tls:
         if issubclass(cls, UnixDomainSocketConnection):
             raise errors.ConfigurationError(f"ssl=True: {safe!r} is a unix socket, not TCP")
@@ -219,8 +273,14 @@ def connection_kwargs(url: str, options: Mapping[str, Any] | None = None) -> dic
         else:
             kind = "a unix-socket" if issubclass(cls, UnixDomainSocketConnection) else "a TCP"
             problems.append(f"{name}: not an option of {kind} connection ({safe!r})")
+    if context is not None:
+        problems += [f"{name}: ssl_context replaces the ssl_* options (set it on the context)"
+                     for name in extra if name.startswith("ssl_")]
     if problems:
         raise errors.ConfigurationError("connection options refused: " + "; ".join(problems))
+    if context is not None:
+        kwargs["connection_class"] = given_context(cls)
+        extra["ssl_context"] = context
     if extra.get("credential_provider") is not None and (
         kwargs.get("username") or kwargs.get("password")
         or extra.get("username") or extra.get("password")

@@ -362,6 +362,11 @@ class SentinelRemote(Remote):
         self._setup(url, config, options)
         self.parsed = parse_sentinel_url(url)
         data = connection_kwargs(self.parsed.node_url("localhost", 6379), self.options)
+        if "ssl_context" in data:
+            raise errors.ConfigurationError(
+                "ssl_context= is not supported with Sentinel: the sentinels' own connections "
+                "take the ssl_* options (ssl_ca_certs=..., ssl_certfile=...); give those"
+            )
         cls = data.pop("connection_class", Connection)
         data.pop("host", None)
         data.pop("port", None)
