@@ -296,3 +296,13 @@ async def test_client_excludes_url_and_options(app_client: aioredis.Redis, redis
         await CallableCache.connect(client=app_client, client_name="x")
     with pytest.raises(ConfigurationError, match="one server's client"):
         await CallableCache.connect(client=app_client, config=CacheConfig(topology="cluster"))
+
+
+def test_redis_connection_on_a_cluster_with_an_ssl_context_is_refused() -> None:
+    """redis-py's RedisCluster takes no ssl_context: asking for it says so (no I/O)."""
+    from cal_redis.remote._cluster import ClusterRemote
+
+    remote = ClusterRemote("redis+cluster://127.0.0.1:1", CacheConfig(),
+                           options={"ssl_context": ssl.create_default_context()})
+    with pytest.raises(ConfigurationError, match="RedisCluster takes no ssl_context"):
+        _ = remote.client

@@ -336,6 +336,12 @@ class ClusterRemote(Remote):
     def client(self) -> Any:  # type: ignore[override]
         """A redis-py ``RedisCluster`` on the same nodes (made on first use)."""
         if self._raw is None:
+            if "ssl_context" in self.options:
+                raise errors.ConfigurationError(
+                    "redis-py's RedisCluster takes no ssl_context=, only the ssl_* options: "
+                    "connect with those (ssl_ca_certs=..., ssl_certfile=...) to use "
+                    "redis_connection() on a Redis Cluster"
+                )
             host, port = self.parsed.seeds[0]
             self._raw = aioredis.RedisCluster.from_url(
                 self.parsed.node_url(host, port), decode_responses=False, **self.options
