@@ -139,7 +139,7 @@ async def test_watch_one_account_and_bounded_time(make_cache: Factory) -> None:
     assert await asyncio.wait_for(task, 10) == 2
     text = out.getvalue()
     assert text.startswith("watching cal:account:acc42:events and cal:events")
-    assert "id=d42" in text and "id=u9" in text and "d7" not in text and "u8" not in text
+    assert "id=d42" in text and "id=u9" in text and "id=d7 " not in text and "id=u8 " not in text
     assert text.count("-- last 0.2 s: ") >= 2
 
 
