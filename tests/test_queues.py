@@ -95,6 +95,9 @@ async def test_blocking_pop_outlives_socket_timeout(make_cache: Any) -> None:
 
 async def test_blocking_pop_gives_up_on_a_silent_server(make_cache: Any, raw: redis.Redis) -> None:
     cache = await make_cache(CacheConfig(socket_timeout=0.1))
+    # A pooled connection to the queue's node, made before the pause: a connection made
+    # during it would time out in its handshake after socket_timeout alone, 0.1 s.
+    assert await cache.queue_pop_blocking(A, "support", 0.01) is None
     pause(raw, 1000)  # the server holds every client's commands
     t0 = time.monotonic()
     with pytest.raises(CalTimeoutError):
