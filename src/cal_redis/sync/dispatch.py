@@ -458,15 +458,16 @@ class Dispatcher:
         c = self.counters
         kind = self.types.get(event.type)
         elog = self.log
-        logged_in = self.log_key(event.type, account) if elog is not None and not replayed else None
-        if logged_in is not None and elog is not None and not elog.seen(event, logged_in, account):
-            c.unlogged += 1
-            self.warn(
-                "unlogged",
-                "%s event on %s carries no log_id although CacheConfig(event_log='replay') "
-                "requires every writer to log its events: replay switched off, gaps flush "
-                "L1 until this cache is restarted (instance %s)", event.type, channel,
-                self._ctx.instance_id[:12])
+        if elog is not None and not replayed:
+            logged_in = self.log_key(event.type, account)
+            if logged_in is not None and not elog.seen(event, logged_in):
+                c.unlogged += 1
+                self.warn(
+                    "unlogged",
+                    "%s event on %s carries no log_id although CacheConfig(event_log='replay') "
+                    "requires every writer to log its events: replay switched off, gaps flush "
+                    "L1 until this cache is restarted (instance %s)", event.type, channel,
+                    self._ctx.instance_id[:12])
         if kind is None and event.type == TENANT_INVALIDATE:
             if account is None:
                 c.malformed += 1

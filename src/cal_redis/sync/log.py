@@ -76,13 +76,12 @@ class EventLog:
     """What a cache knows of the event logs: the last id received per log, and the
     replay after a gap (see the module docstring)."""
 
-    __slots__ = ("_ctx", "_run_id", "broken", "last_account", "last_table", "marker")
+    __slots__ = ("_ctx", "_run_id", "broken", "last", "marker")
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        #: Last ``log_id`` received per table log key / per account.
-        self.last_table: dict[str, str] = {}
-        self.last_account: dict[str, str] = {}
+        #: Last ``log_id`` received per log key (a table's log or an account's).
+        self.last: dict[str, str] = {}
         #: The starting point of every log not read since: ``"<ms>-0"``, inclusive.
         self.marker: str | None = None
         #: True once an event of a logged kind came without ``log_id``.
@@ -100,21 +99,17 @@ class EventLog:
         remote = self._ctx.remote
         sec, usec = await remote.read("TIME", remote.cmd.time)
         self.marker = f"{int(sec) * 1000 + int(usec) // 1000 - MARKER_MARGIN_MS}-0"
-        self.last_table.clear()
-        self.last_account.clear()
+        self.last.clear()
         if not remote.is_cluster:
             self._run_id = str((await remote.server_info()).get("run_id", ""))
 
-    def seen(self, event: Event, log_key: str, account: str | None) -> bool:
+    def seen(self, event: Event, log_key: str) -> bool:
         """Note the ``log_id`` of a received event that belongs in ``log_key`` (as
         :meth:`Dispatcher.log_key` decides); False (and replay switched off) when it has none."""
         if not event.log_id:
             self.broken = True
             return False
-        if account is not None:
-            self.last_account[account] = event.log_id
-        else:
-            self.last_table[log_key] = event.log_id
+        self.last[log_key] = event.log_id
         return True
 
     def _plans(self, d: Dispatcher) -> tuple[list[_Plan], list[str]]:
@@ -136,14 +131,15 @@ class EventLog:
         plans = []
         for key, namespaces in tables.items():
             if any(len(local[ns]) for ns in namespaces):
-                last = self.last_table.get(key)
+                last = self.last.get(key)
                 plans.append(_Plan(key, last or marker, last is None, None, tuple(namespaces)))
         accounts = {k[0] for ns in scoped for k in local[ns].keys()  # noqa: SIM118 (not iterable)
                     if type(k) is tuple}
         keys = self._ctx.keys
         for account in sorted(accounts):
-            last = self.last_account.get(account)
-            plans.append(_Plan(keys.account_log(account), last or marker, last is None, account))
+            key = keys.account_log(account)
+            last = self.last.get(key)
+            plans.append(_Plan(key, last or marker, last is None, account))
         return plans, sorted(unlogged)
 
     async def replay(self, d: Dispatcher) -> bool:
@@ -223,17 +219,13 @@ class EventLog:
         """The log does not cover the gap: flush its scope, and start after its end."""
         if plan.account is not None:
             d.flush_account(plan.account, "replay")
-            last = self.last_account
-            name = plan.account
         else:
             for ns in plan.namespaces:
                 d.flush_namespace(ns, "replay")
-            last = self.last_table
-            name = plan.key
         if reply and int(reply[0]) == 1:
-            last[name] = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+            self.last[plan.key] = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
         else:
-            last.pop(name, None)
+            self.last.pop(plan.key, None)
         d.counters.replay_flushes += 1
 
     def _apply(self, d: Dispatcher, plan: _Plan) -> None:
@@ -253,10 +245,7 @@ class EventLog:
                 continue
             d.replay_event(event, plan.account, channel)
         if last is not None:
-            if plan.account is not None:
-                self.last_account[plan.account] = last
-            else:
-                self.last_table[plan.key] = last
+            self.last[plan.key] = last
 
 
 def _field(fields: Iterable[Any], name: bytes) -> bytes | None:
