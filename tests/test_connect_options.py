@@ -226,6 +226,26 @@ async def test_tls_with_the_applications_ssl_context(
         assert (await c.get_user_by_id("u1")).name == "two"  # type: ignore[union-attr]
 
 
+def test_a_connection_over_an_ssl_context_answers_its_tls_properties() -> None:
+    """redis-py's TLS connections expose their settings as properties read from their
+    context holder; over an application's context they read None (the settings live on
+    the context) instead of raising, and the context handed to the socket is that one."""
+    from redis.asyncio.connection import SSLConnection
+
+    from cal_redis.remote._options import connection_kwargs
+
+    context = ssl.create_default_context()
+    kwargs = connection_kwargs("redis://127.0.0.1:1/0", {"ssl_context": context})
+    conn = kwargs.pop("connection_class")(**kwargs)
+    assert isinstance(conn, SSLConnection)
+    names = [n for n, v in vars(SSLConnection).items() if isinstance(v, property)]
+    assert "check_hostname" in names and "keyfile" in names
+    assert {n: getattr(conn, n) for n in names} == dict.fromkeys(names)
+    assert conn.ssl_context.get() is context
+    with pytest.raises(AttributeError):
+        conn.ssl_context.no_such_setting  # noqa: B018 (the read is the test)
+
+
 # -- client= -----------------------------------------------------------------------------------
 @pytest.fixture
 async def app_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
+    RedisSSLContext,
     SSLConnection,
     UnixDomainSocketConnection,
     parse_url,
@@ -80,13 +81,6 @@ _LIBRARY: Final = {
 
 _TLS_CLASSES: Final = (SSLConnection,)
 
-#: What redis-py's TLS connections read from their context holder besides ``get()``.
-_CONTEXT_FIELDS: Final = frozenset({
-    "keyfile", "certfile", "cert_reqs", "include_verify_flags", "exclude_verify_flags",
-    "ca_certs", "ca_data", "ca_path", "check_hostname", "min_version", "ciphers", "password",
-})
-
-
 class _GivenContext:
     """Stands in for redis-py's ``RedisSSLContext`` on a TLS connection: hands out the
     application's own ``ssl.SSLContext``, as it is."""
@@ -100,7 +94,9 @@ class _GivenContext:
         return self.context
 
     def __getattr__(self, name: str) -> None:
-        if name in _CONTEXT_FIELDS:
+        # What redis-py's TLS connections read from their context holder besides get():
+        # the settings its RedisSSLContext takes.
+        if name in _accepted(RedisSSLContext):
             return None  # set on the context itself
         raise AttributeError(name)
 
@@ -125,7 +121,7 @@ def given_context(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     return made
 
 
-def _names(cls: type[AbstractConnection]) -> frozenset[str]:
+def _names(cls: type) -> frozenset[str]:
     """The keyword parameters of ``cls`` and its bases (redis-py passes ``**kwargs`` up)."""
     out: set[str] = set()
     for klass in cls.__mro__:
@@ -138,10 +134,11 @@ def _names(cls: type[AbstractConnection]) -> frozenset[str]:
     return frozenset(out)
 
 
-_ACCEPTED: dict[type[AbstractConnection], frozenset[str]] = {}
+_ACCEPTED: dict[type, frozenset[str]] = {}
 
 
-def _accepted(cls: type[AbstractConnection]) -> frozenset[str]:
+def _accepted(cls: type) -> frozenset[str]:
+    """:func:`_names` of ``cls``, read once."""
     names = _ACCEPTED.get(cls)
     if names is None:
         names = _ACCEPTED[cls] = _names(cls)
