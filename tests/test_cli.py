@@ -42,16 +42,19 @@ def test_demo_on_a_given_server(
     assert "python -m cal_redis bench" in out
 
 
-# The bench (cal_redis.bench) is imported only by its subcommand. Checked in a fresh
+# The bench (cal_redis.bench, and the stock clients it measures against,
+# cal_redis.remote.baseline) is imported only by its subcommand. Checked in a fresh
 # interpreter, since this test session may have imported it already.
 _NO_BENCH = """
 import json, sys
 import cal_redis, cal_redis.__main__
-stage = {"import": sorted(m for m in sys.modules if m.startswith("cal_redis.bench"))}
+def bench(): return sorted(m for m in sys.modules
+                           if m.startswith(("cal_redis.bench", "cal_redis.remote.baseline")))
+stage = {"import": bench()}
 for argv in (sys.argv[1:] and [["doctor", "--url", sys.argv[1]],
                                 ["demo", "--url", sys.argv[1], "--users", "3"]]):
     code = cal_redis.__main__.main(argv)
-    stage[argv[0]] = [code, sorted(m for m in sys.modules if m.startswith("cal_redis.bench"))]
+    stage[argv[0]] = [code, bench()]
 print(json.dumps(stage))
 """
 

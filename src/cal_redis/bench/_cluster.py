@@ -19,10 +19,10 @@ from time import perf_counter
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 
 from ..cache import CallableCache
 from ..models import User
+from ..remote.baseline import raw_client, raw_cluster
 from ._scenarios import BENCH_CONFIG, USER_HASH, Row, Scenario, Side, make_user, seed_users
 
 __all__ = ("CLUSTER_USERS", "cluster_scenarios", "cluster_propagation")
@@ -42,7 +42,7 @@ return 1
 def stock_cluster(url: str) -> Any:
     """redis-py's ``RedisCluster`` on the nodes of a ``redis+cluster://`` URL."""
     host, _, port = url.split("://", 1)[1].split(",", 1)[0].rpartition(":")
-    return aioredis.RedisCluster(host=host, port=int(port), protocol=BENCH_CONFIG.protocol)
+    return raw_cluster(host, int(port), protocol=BENCH_CONFIG.protocol)
 
 
 async def cluster_scenarios(cache: CallableCache, stock: Any) -> list[Scenario]:
@@ -157,8 +157,8 @@ async def cluster_propagation(url: str, stock: Any, events: int) -> dict[str, li
     b.add_event_handler(lambda e: done() if e.id == "prop-u1" else None)
     master = stock.get_node_from_key(USER_HASH)
     other = next(n for n in stock.get_primaries() if n.name != master.name)
-    pub = aioredis.Redis(host=master.host, port=master.port)
-    sub_client = aioredis.Redis(host=other.host, port=other.port)
+    pub = raw_client(host=master.host, port=master.port)
+    sub_client = raw_client(host=other.host, port=other.port)
     pubsub = sub_client.pubsub()
     await pubsub.subscribe("cal:bench:raw")
     while (await pubsub.get_message(timeout=1.0)) is None:

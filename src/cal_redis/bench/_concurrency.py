@@ -46,10 +46,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import msgspec
-import redis.asyncio as aioredis
 
 from ..cache import CallableCache
 from ..models import User
+from ..remote.baseline import RawRedis, raw_pooled_client
 from ._scenarios import BENCH_CONFIG, USER_HASH, seed_users, stock_client
 
 __all__ = (
@@ -110,14 +110,14 @@ class _Window:
     commands: int
 
 
-async def _commands(admin: aioredis.Redis) -> int:
+async def _commands(admin: RawRedis) -> int:
     """Commands the server has executed so far (INFO commandstats, all commands)."""
     stats: dict[str, Any] = await admin.info("commandstats")
     return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_"))
 
 
 async def _window(op: Op, nxt: Callable[[], str], c: int, seconds: float,
-                  admin: aioredis.Redis | None) -> _Window:
+                  admin: RawRedis | None) -> _Window:
     """``c`` coroutines calling ``op(nxt())`` until ``seconds`` have passed."""
     lat = array("d")
     errors: list[str] = []
@@ -269,9 +269,8 @@ async def measure_concurrency(
 
         uniform_next = _cursor(uniform)
         for c in concurrency:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=c, timeout=20, protocol=BENCH_CONFIG.protocol)
-            raw_client = aioredis.Redis.from_pool(pool)
+            pool, raw_client = raw_pooled_client(url, max_connections=c, timeout=20,
+                                                 protocol=BENCH_CONFIG.protocol)
             try:
                 await _open(pool, c)
                 hget = raw_client.hget

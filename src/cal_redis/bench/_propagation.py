@@ -40,13 +40,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 
 from .. import codec
 from ..cache import CallableCache
 from ..config import CacheConfig
 from ..embedded import EmbeddedRedis
 from ..models import Event, User, now_ms
+from ..remote.baseline import raw_client
 
 __all__ = ("RAW_CHANNEL", "measure_propagation")
 
@@ -131,8 +131,8 @@ async def measure_propagation(
                                                                              sync=False))}
     if writer_subscribed:
         writers["subscribed"] = await CallableCache.connect(url, config=cfg)
-    pub = aioredis.Redis.from_url(url, protocol=protocol)
-    sub_client = aioredis.Redis.from_url(url, protocol=protocol)
+    pub = raw_client(url, protocol=protocol)
+    sub_client = raw_client(url, protocol=protocol)
     pubsub = sub_client.pubsub(push_handler_func=_passthrough)
     pending: asyncio.Future[float] | None = None
     raw_task: asyncio.Task[None] | None = None

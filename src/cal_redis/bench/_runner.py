@@ -136,24 +136,14 @@ async def count_round_trips(side: Side, tries: int = 3) -> int:
     """Round trips to Redis of one operation of ``side``: the fewest over ``tries`` runs
     (so a stray heartbeat of the sync connection is not counted). A round trip is one
     write of a request buffer to a connection (a pipeline or MULTI/EXEC is one)."""
-    from redis.asyncio.connection import AbstractConnection
-
-    orig = AbstractConnection.send_packed_command
-    sent = [0]
-
-    async def counting(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
-        sent[0] += 1
-        await orig(self, *args, **kwargs)
+    from ..remote.baseline import counting_sends
 
     counts = []
-    AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
-    try:
+    with counting_sends() as sent:
         for _ in range(tries):
             sent[0] = 0
             await side(1)
             counts.append(sent[0])
-    finally:
-        AbstractConnection.send_packed_command = orig  # type: ignore[method-assign]
     return min(counts)
 
 
@@ -183,11 +173,10 @@ def _machine(server_version: str) -> dict[str, str]:
     except OSError:
         pass
     import msgspec
-    import redis
-    from redis.utils import HIREDIS_AVAILABLE
 
     from .. import __version__
     from .._fast import EXTENSION_ACTIVE
+    from ..remote.baseline import client_versions
 
     loop = type(asyncio.get_running_loop())
     loop_name = "asyncio"
@@ -201,8 +190,7 @@ def _machine(server_version: str) -> dict[str, str]:
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "python": platform.python_version(),
-        "redis_py": redis.__version__,
-        "hiredis": str(HIREDIS_AVAILABLE),
+        **client_versions(),
         "msgspec": msgspec.__version__,
         "redis_server": server_version,
         "l1": "cython" if EXTENSION_ACTIVE else "python",

@@ -28,14 +28,13 @@ from time import perf_counter
 from typing import Any, Literal
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.typing import EncodableT, FieldT
 
 from .. import codec
 from ..cache import CallableCache
 from ..config import CacheConfig
 from ..keys import KeyBuilder
 from ..models import AgentState, AgentStatus, User, now_ms
+from ..remote.baseline import RawRedis, raw_client
 
 __all__ = (
     "BENCH_CONFIG",
@@ -174,7 +173,7 @@ async def seed_users(cache: CallableCache, n: int = N_USERS) -> list[str]:
     client = cache.redis_connection()
     ids = []
     for start in range(0, n, 1000):
-        mapping: dict[FieldT, EncodableT] = {}
+        mapping: dict[Any, bytes] = {}  # redis-py types the fields as a union
         for i in range(start, min(n, start + 1000)):
             user = make_user(i)
             mapping[user.id] = codec.encode(user)
@@ -183,10 +182,10 @@ async def seed_users(cache: CallableCache, n: int = N_USERS) -> list[str]:
     return ids
 
 
-def stock_client(url: str, **kwargs: Any) -> aioredis.Redis:
+def stock_client(url: str, **kwargs: Any) -> RawRedis:
     """A stock redis.asyncio client to ``url`` (the bench cache's server), speaking the
     same RESP version as the cache: the hand-written baseline."""
-    return aioredis.Redis.from_url(url, protocol=BENCH_CONFIG.protocol, **kwargs)
+    return raw_client(url, protocol=BENCH_CONFIG.protocol, **kwargs)
 
 
 def _cycle(ids: list[str]) -> Callable[[], str]:
@@ -202,7 +201,7 @@ def _cycle(ids: list[str]) -> Callable[[], str]:
 
 
 def cache_scenarios(
-    cache: CallableCache, ids: list[str], stock: aioredis.Redis,
+    cache: CallableCache, ids: list[str], stock: RawRedis,
     metering: Metering | None = None,
 ) -> list[Scenario]:
     """The cache-level scenarios over ``ids`` (already in Redis); ``stock``: the baseline
@@ -270,7 +269,7 @@ def cache_scenarios(
             out.append(perf_counter() - t0)
         return out
 
-    def hget_side(redis_client: aioredis.Redis) -> Side:
+    def hget_side(redis_client: RawRedis) -> Side:
         async def side(n: int) -> list[float]:
             out = []
             hget = redis_client.hget
@@ -316,7 +315,7 @@ def cache_scenarios(
                 out.append(perf_counter() - t0)
             return out
 
-        def hmget_side(redis_client: aioredis.Redis) -> Side:
+        def hmget_side(redis_client: RawRedis) -> Side:
             async def side(n: int) -> list[float]:
                 out = []
                 for _ in range(n):
@@ -420,7 +419,7 @@ def cache_scenarios(
     ]
 
 
-def ops_scenarios(cache: CallableCache, stock: aioredis.Redis) -> list[Scenario]:
+def ops_scenarios(cache: CallableCache, stock: RawRedis) -> list[Scenario]:
     """Direct-Redis operations beside the same commands sent by hand on ``stock``."""
     client = stock
     keys = KeyBuilder(cluster=BENCH_CONFIG.cluster_keys)
