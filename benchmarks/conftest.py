@@ -69,5 +69,9 @@ def stock(loop: asyncio.AbstractEventLoop, redis_server: EmbeddedRedis) -> Itera
 @pytest.fixture(scope="session")
 def user_ids(loop: asyncio.AbstractEventLoop, cache: CallableCache) -> list[str]:
     """Ids of the 10,000 users written to ``cal:users`` for this session."""
-    loop.run_until_complete(cache.redis_connection().flushdb())
-    return loop.run_until_complete(seed_users(cache, N_USERS))
+    async def seed() -> list[str]:
+        # inside the loop: the cache refuses to be used from outside the loop it runs on
+        await cache.redis_connection().flushdb()
+        return await seed_users(cache, N_USERS)
+
+    return loop.run_until_complete(seed())
